@@ -1,0 +1,53 @@
+# Set-up is two commands: `make demo` and `make test`. Each installs what is
+# missing (apt packages, a venv under the repo) and is safe to run again.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iputils-ping python3-venv
+BENCH_APT_PACKAGES := serf dnsmasq
+
+.PHONY: all deps sysdeps venv test demo bench clean
+
+all: test
+
+# Install only the apt packages that are missing, so a warm machine does nothing.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.stamp-deps: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) sysdeps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp-deps
+
+deps: sysdeps venv
+
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: deps
+	$(VENV)/bin/meshd demo
+
+bench: deps
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) bench/crypto_wire.py
+	$(PY) bench/sim_scale.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .hypothesis

@@ -1,0 +1,436 @@
+"""The mesh table: signed single-writer records merged as an LWW map (sans-IO).
+
+A record is `(origin, kind, key) -> (version, body, signature)`. Only the
+origin can sign its keys, so per key the highest version wins; a tie (an
+origin that equivocated) goes to the larger signature, which keeps merge
+commutative, associative and idempotent whatever the delivery order.
+
+Each origin's versions rise across all of its keys (`VersionClock`), so one
+number per origin summarises what a table holds of it: that is the
+Scuttlebutt digest, and `delta_since` returns exactly the records above it.
+The table hash is a sum of per-record hashes, updated in O(1) per change, so
+two tables that agree find out by comparing 32 bytes.
+
+Verification is paid once per record version: a record whose version we
+already hold is dropped after a msgpack decode of its header, before any
+signature check, and verified records are cached by signature (`RecordCache`,
+which the simulator shares between thousands of tables).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import nacl.signing
+
+from meshd import wire
+from meshd.errors import (
+    LimitError,
+    RemoteError,
+    StaleError,
+    UsageError,
+    VerificationError,
+    WireError,
+)
+from meshd.identity import Certificate, Revocation, Trust, public_id, sign, verify
+from meshd.records import KIND_NODE, KIND_REVOCATION, KIND_SERVICE, NODE_KEY, NodeInfo, ServiceInfo
+from meshd.wire import Domain, Signed
+
+RECORD_TAG = 0
+REVOCATION_TAG = 1
+DEFAULT_MAX_RECORDS_PER_ORIGIN = 1024
+DEFAULT_TOMBSTONE_GRACE_MS = 60 * 60 * 1000
+REAPED_MEMORY_MS = 24 * 60 * 60 * 1000
+MAX_KEY_CHARS = 255
+HASH_MODULUS = 1 << 256
+_BODY_TYPES = {KIND_NODE: NodeInfo, KIND_SERVICE: ServiceInfo}
+
+Ident = tuple[bytes, str, str]
+
+
+class UnknownOriginError(VerificationError):
+    """A record arrived from an origin whose node record (and certificate) we lack."""
+
+    reason = "unknown_origin"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One signed fact. `body is None` marks a tombstone (a deleted key)."""
+
+    origin: bytes
+    kind: str
+    key: str
+    version: int
+    body: Any = field(repr=False)
+    signed: Signed = field(repr=False)
+    info: NodeInfo | ServiceInfo | Revocation | None = field(default=None, repr=False)
+    tag: int = RECORD_TAG
+
+    @property
+    def ident(self) -> Ident:
+        return (self.origin, self.kind, self.key)
+
+    @property
+    def deleted(self) -> bool:
+        return self.body is None and self.tag == RECORD_TAG
+
+    def to_wire(self) -> list[Any]:
+        return [self.tag, self.signed.payload, self.signed.signature]
+
+    def wire_size(self) -> int:
+        """Bytes this record adds to a msgpack message (bin headers included)."""
+        return len(self.signed.payload) + len(self.signed.signature) + 8
+
+    def entry_hash(self) -> int:
+        return int.from_bytes(hashlib.blake2b(self.signed.signature, digest_size=32).digest(), "big")
+
+    def beats(self, other: Record) -> bool:
+        """LWW order: higher version, then the larger signature as a deterministic tie-break."""
+        return (self.version, self.signed.signature) > (other.version, other.signed.signature)
+
+
+def parse_record(obj: Any) -> Record:
+    """Decode a wire record's header and body; no signature or grant check yet."""
+    if not (isinstance(obj, list) and len(obj) == 3 and isinstance(obj[0], int)):
+        raise WireError("record: expected [tag, payload, signature]")
+    tag = obj[0]
+    signed = Signed.from_wire(obj[1:], "record")
+    if tag == REVOCATION_TAG:
+        rev = Revocation.parse(signed)
+        return Record(rev.issuer, KIND_REVOCATION, rev.serial.hex(), 1, None, signed, rev,
+                      REVOCATION_TAG)
+    if tag != RECORD_TAG:
+        raise WireError(f"record: unknown tag {tag}")
+    fields = wire.unpack(signed.payload, wire.MAX_BIN_BYTES)
+    if not (isinstance(fields, list) and len(fields) == 5):
+        raise WireError("record: payload must be [origin, kind, key, version, body]")
+    origin, kind, key, version, body = fields
+    if not isinstance(origin, bytes) or len(origin) != wire.NODE_ID_BYTES:
+        raise WireError("record: origin must be a 32-byte node ID")
+    if kind not in _BODY_TYPES:
+        raise WireError(f"record: unknown kind {kind!r}")
+    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+        raise WireError("record: key must be a short string")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 < version <= wire.INT64_MAX:
+        raise WireError("record: version must be a positive integer")
+    return Record(origin, kind, key, version, body, signed)
+
+
+def _with_info(record: Record) -> Record:
+    """Type the body once its signature has been checked."""
+    if record.body is None or record.tag == REVOCATION_TAG:
+        return record
+    info = _BODY_TYPES[record.kind].from_body(record.body)
+    if record.kind == KIND_NODE and record.key != NODE_KEY:
+        raise WireError("record: a node record's key must be empty")
+    if isinstance(info, ServiceInfo) and info.key != record.key:
+        raise WireError("record: service key does not match its body")
+    return Record(record.origin, record.kind, record.key, record.version, record.body,
+                  record.signed, info)
+
+
+class RecordCache:
+    """Records whose signatures (and bodies) checked out, by signature.
+
+    Context-free facts only: grants, revocations and validity windows are
+    checked per table, because they depend on what that table knows and when.
+    """
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._by_sig: dict[bytes, Record] = {}
+
+    def get(self, obj: Any) -> Record | None:
+        if isinstance(obj, list) and len(obj) == 3 and isinstance(obj[2], bytes):
+            found = self._by_sig.get(obj[2])
+            if found is not None and found.signed.payload == obj[1] and found.tag == obj[0]:
+                return found
+        return None
+
+    def add(self, record: Record) -> None:
+        if len(self._by_sig) >= self.max_entries:
+            self._by_sig.clear()
+        self._by_sig[record.signed.signature] = record
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key that a merge, publish or collection changed."""
+
+    old: Record | None
+    new: Record | None
+
+    @property
+    def record(self) -> Record:
+        rec = self.new if self.new is not None else self.old
+        assert rec is not None
+        return rec
+
+
+@dataclass(slots=True)
+class MergeResult:
+    """What a merge did: the change feed for the layers above, and why things were refused."""
+
+    changes: list[Change] = field(default_factory=list)
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    duplicates: int = 0
+
+    def extend(self, other: MergeResult) -> None:
+        self.changes.extend(other.changes)
+        self.rejected.update(other.rejected)
+        self.duplicates += other.duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A table summary for anti-entropy: hash, per-origin max versions, revocation set."""
+
+    table_hash: bytes
+    versions: Mapping[bytes, int]
+    revocations: frozenset[bytes]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"h": self.table_hash, "v": [[o, v] for o, v in self.versions.items()],
+                "r": sorted(self.revocations)}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Digest:
+        f = wire.Fields(obj, "digest")
+        versions: dict[bytes, int] = {}
+        for item in f.list("v", max_len=wire.MAX_ARRAY_LEN):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)
+                    and len(item[0]) == wire.NODE_ID_BYTES and isinstance(item[1], int)
+                    and not isinstance(item[1], bool) and 0 <= item[1] <= wire.INT64_MAX):
+                raise WireError("digest: entries are [origin, version]")
+            versions[item[0]] = item[1]
+        revs = f.list("r", max_len=wire.MAX_ARRAY_LEN)
+        if not all(isinstance(s, bytes) and len(s) == 16 for s in revs):
+            raise WireError("digest: revocations are 16-byte serials")
+        return cls(f.bytes("h", size=32), versions, frozenset(revs))
+
+
+class VersionClock:
+    """An origin's version counter: `max(last + 1, wall_ms)`, never backwards.
+
+    The shell persists `last` before publishing, so a restart continues above
+    every version this origin ever issued even if the wall clock stepped back.
+    """
+
+    def __init__(self, last: int = 0) -> None:
+        self.last = last
+
+    def next(self, wall_ms: int) -> int:
+        self.last = max(self.last + 1, wall_ms)
+        return self.last
+
+
+class Table:
+    """One node's copy of the mesh table."""
+
+    def __init__(self, trust: Trust, *, max_records_per_origin: int = DEFAULT_MAX_RECORDS_PER_ORIGIN,
+                 tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS,
+                 cache: RecordCache | None = None) -> None:
+        self.trust = trust
+        self.max_records_per_origin = max_records_per_origin
+        self.tombstone_grace_ms = tombstone_grace_ms
+        self.cache = cache if cache is not None else RecordCache()
+        self._records: dict[Ident, Record] = {}
+        self._by_origin: dict[bytes, dict[Ident, Record]] = {}
+        self._max_version: dict[bytes, int] = {}
+        self._certs: dict[bytes, Certificate] = {}
+        # Per origin: versions at or below this were reaped or collected; keep them out.
+        self._floor: dict[bytes, tuple[int, int]] = {}
+        self._hash = 0
+
+    # --- reading -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records.values())
+
+    def get(self, origin: bytes, kind: str, key: str = NODE_KEY) -> Record | None:
+        return self._records.get((origin, kind, key))
+
+    def node(self, origin: bytes) -> Record | None:
+        return self._records.get((origin, KIND_NODE, NODE_KEY))
+
+    def nodes(self) -> Iterator[Record]:
+        return (r for r in self._records.values() if r.kind == KIND_NODE)
+
+    def of_origin(self, origin: bytes) -> list[Record]:
+        return list(self._by_origin.get(origin, {}).values())
+
+    def certificate(self, origin: bytes) -> Certificate | None:
+        return self._certs.get(origin)
+
+    @property
+    def table_hash(self) -> bytes:
+        return self._hash.to_bytes(32, "big")
+
+    def digest(self) -> Digest:
+        versions = {o: v for o, v in self._max_version.items() if o != self.trust.cluster.ca_id}
+        return Digest(self.table_hash, versions, frozenset(self.trust.revoked))
+
+    def delta_since(self, digest: Digest) -> list[Record]:
+        """What the holder of `digest` lacks: revocations first, then node records, then the rest."""
+        revs = [r for r in self._records.values()
+                if r.kind == KIND_REVOCATION and bytes.fromhex(r.key) not in digest.revocations]
+        newer = [r for origin, held in self._by_origin.items()
+                 if self._max_version.get(origin, 0) > digest.versions.get(origin, 0)
+                 for r in held.values()
+                 if r.kind != KIND_REVOCATION and r.version > digest.versions.get(origin, 0)]
+        newer.sort(key=lambda r: (r.kind != KIND_NODE, r.origin, r.version))
+        return revs + newer
+
+    # --- writing -------------------------------------------------------------
+
+    def merge(self, wire_records: Iterable[Any], wall_ms: int) -> MergeResult:
+        """Merge records from elsewhere; bad ones are counted by reason, never raised."""
+        result = MergeResult()
+        for obj in wire_records:
+            try:
+                admitted = self._admit(obj, wall_ms)
+            except RemoteError as exc:
+                result.rejected[exc.reason] += 1
+                continue
+            if admitted is None:
+                result.duplicates += 1
+                continue
+            self._apply(*admitted, result, wall_ms)
+        return result
+
+    def publish(self, key: nacl.signing.SigningKey, kind: str, table_key: str,
+                info: NodeInfo | ServiceInfo | None, version: int, wall_ms: int) -> MergeResult:
+        """Sign and merge one of our own records; a rejection here is our own mistake."""
+        origin = public_id(key)
+        body = None if info is None else info.to_body()
+        payload = wire.pack([origin, kind, table_key, version, body])
+        record = [RECORD_TAG, *sign(key, Domain.RECORD, payload).to_wire()]
+        result = self.merge([record], wall_ms)
+        if result.rejected:
+            reason = next(iter(result.rejected))
+            raise UsageError(f"own {kind} record {table_key!r} rejected: {reason}")
+        if result.duplicates:
+            raise UsageError(f"own {kind} record {table_key!r}: version {version} is not new")
+        return result
+
+    def add_revocation(self, revocation: Revocation, wall_ms: int) -> MergeResult:
+        """Inject a CA revocation (from `meshd ca revoke`) to be gossiped like any record."""
+        return self.merge([[REVOCATION_TAG, *revocation.signed.to_wire()]], wall_ms)
+
+    def drop_origin(self, origin: bytes, wall_ms: int) -> list[Change]:
+        """Reap everything an origin said (dead or left long enough), and keep it out."""
+        held = self._by_origin.get(origin, {})
+        changes = [self._remove(r) for r in list(held.values())]
+        version = self._max_version.pop(origin, 0)
+        self._certs.pop(origin, None)
+        if version:
+            self._floor[origin] = (version, wall_ms)
+        return changes
+
+    def collect(self, wall_ms: int) -> list[Change]:
+        """Drop what everyone drops alike: old tombstones, expired certs and revocations."""
+        changes = []
+        for record in list(self._records.values()):
+            if record.deleted and record.version + self.tombstone_grace_ms < wall_ms:
+                floor = max(self._floor.get(record.origin, (0, 0))[0], record.version)
+                self._floor[record.origin] = (floor, wall_ms)
+                changes.append(self._remove(record))
+        for rev in self.trust.expire_revocations(wall_ms):
+            gone = self._records.get((rev.issuer, KIND_REVOCATION, rev.serial.hex()))
+            if gone is not None:
+                changes.append(self._remove(gone))
+        for origin, cert in list(self._certs.items()):
+            if wall_ms - self.trust.skew_ms > cert.not_after_ms:
+                changes.extend(self.drop_origin(origin, wall_ms))
+        for origin, (_, since) in list(self._floor.items()):
+            if since + REAPED_MEMORY_MS < wall_ms:
+                del self._floor[origin]
+        return changes
+
+    # --- internals -----------------------------------------------------------
+
+    def _admit(self, obj: Any, wall_ms: int) -> tuple[Record, Certificate | None] | None:
+        """A verified new record (with the certificate it carries), None if not new, or raise."""
+        cached = self.cache.get(obj)
+        record = cached if cached is not None else parse_record(obj)
+        held = self._records.get(record.ident)
+        if held is not None and not record.beats(held):
+            return None
+        if record.tag == RECORD_TAG:
+            self._check_fresh(record, held)
+        if cached is None:
+            self._verify_signature(record)
+            record = _with_info(record)
+            self.cache.add(record)
+        return record, self._check_semantics(record, wall_ms)
+
+    def _check_fresh(self, record: Record, held: Record | None) -> None:
+        floor = self._floor.get(record.origin)
+        if held is None and floor is not None and record.version <= floor[0]:
+            raise StaleError("record older than what this table already reaped")
+        if held is None and len(self._by_origin.get(record.origin, ())) >= self.max_records_per_origin:
+            raise LimitError(f"origin holds {self.max_records_per_origin} records already")
+
+    def _verify_signature(self, record: Record) -> None:
+        if record.tag == REVOCATION_TAG:
+            self.trust.verify_revocation(record.signed)
+        else:
+            verify(record.origin, Domain.RECORD, record.signed)
+
+    def _check_semantics(self, record: Record, wall_ms: int) -> Certificate | None:
+        """Receiver-specific checks: certificate chain and window, grants, known origin.
+
+        Returns the certificate a node record carries, which becomes the origin's.
+        """
+        if record.tag == REVOCATION_TAG:
+            return None
+        if record.kind == KIND_NODE:
+            if not isinstance(record.info, NodeInfo):
+                raise WireError("record: a node record cannot be deleted")
+            cert = self.trust.verify_certificate(record.info.cert, wall_ms)
+            record.info.check(record.origin, cert)
+            return cert
+        cert = self._certs.get(record.origin)
+        if cert is None:
+            raise UnknownOriginError("record from an origin with no node record here")
+        if isinstance(record.info, ServiceInfo):
+            record.info.check(record.origin, cert)
+        return None
+
+    def _apply(self, record: Record, cert: Certificate | None, result: MergeResult,
+               wall_ms: int) -> None:
+        old = self._records.get(record.ident)
+        if old is not None:
+            self._hash -= old.entry_hash()
+        self._records[record.ident] = record
+        self._by_origin.setdefault(record.origin, {})[record.ident] = record
+        self._hash = (self._hash + record.entry_hash()) % HASH_MODULUS
+        self._max_version[record.origin] = max(self._max_version.get(record.origin, 0), record.version)
+        result.changes.append(Change(old, record))
+        if cert is not None:
+            self._certs[record.origin] = cert
+        if isinstance(record.info, Revocation):
+            self._apply_revocation(record.info, result, wall_ms)
+
+    def _apply_revocation(self, rev: Revocation, result: MergeResult, wall_ms: int) -> None:
+        self.trust.add_revocation(rev)
+        cert = self._certs.get(rev.node_id)
+        if cert is not None and cert.serial == rev.serial:
+            result.changes.extend(self.drop_origin(rev.node_id, wall_ms))
+
+    def _remove(self, record: Record) -> Change:
+        del self._records[record.ident]
+        held = self._by_origin.get(record.origin)
+        if held is not None:
+            held.pop(record.ident, None)
+            if not held:
+                del self._by_origin[record.origin]
+        self._hash = (self._hash - record.entry_hash()) % HASH_MODULUS
+        return Change(record, None)

@@ -1,0 +1,246 @@
+"""The msgpack wire codec: one envelope for every message, hard limits on input.
+
+Everything that arrives from the network passes through `unpack`, which checks
+the byte length before decoding, bounds every string, binary, list and map
+while decoding, and bounds nesting depth and value types afterwards. Anything
+wrong becomes a `WireError` subclass, never a msgpack or Python exception, so
+a peer can cost a receiver a counter increment but never a task.
+
+Signed objects are carried as `Signed(payload, signature)`: the payload is the
+exact msgpack bytes the signer produced, kept as an opaque `bin` so that relays
+forward it byte for byte and nobody re-encodes someone else's words.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from meshd.errors import TooLargeError, UnsupportedVersionError, WireError
+
+PROTOCOL_VERSION = 1
+
+# WireGuard's 1420-byte MTU minus IPv6 (40) and UDP (8) headers.
+MAX_DATAGRAM_BYTES = 1372
+# One push-pull stream frame; a full table of a 10,000-node cluster fits.
+MAX_STREAM_FRAME_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 8
+MAX_STR_BYTES = 1024
+MAX_BIN_BYTES = 64 * 1024
+MAX_ARRAY_LEN = 100_000
+MAX_MAP_LEN = 256
+MAX_RECORDS_PER_MESSAGE = 50_000
+
+NODE_ID_BYTES = 32
+SIGNATURE_BYTES = 64
+INT64_MAX = 2**63 - 1
+
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+class Domain(bytes, enum.Enum):
+    """Signature domain tags: a signature made for one never verifies for another."""
+
+    RECORD = b"meshd/v1/record"
+    CLAIM = b"meshd/v1/claim"
+    HELLO = b"meshd/v1/hello"
+    REVOCATION = b"meshd/v1/revocation"
+    CLUSTER = b"meshd/v1/cluster"
+    CERT = b"meshd/v1/cert"
+
+
+def signing_input(domain: Domain, payload: bytes) -> bytes:
+    """The exact bytes an Ed25519 signature covers: the tag, a NUL, the payload."""
+    return domain.value + b"\x00" + payload
+
+
+class MsgType(enum.IntEnum):
+    """Envelope message types (docs/protocol.md describes each body)."""
+
+    HELLO = 1
+    HELLO_REPLY = 2
+    PING = 3
+    ACK = 4
+    NACK = 5
+    PING_REQ = 6
+    GOSSIP = 7
+    SYNC_HASH = 8
+    SYNC_DIGEST = 9
+    SYNC_DELTA = 10
+
+
+def pack(obj: Any) -> bytes:
+    """Encode a value the way every meshd signer does (bin for bytes, str for text)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Any:
+    """Decode untrusted bytes within the limits, or raise a `WireError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise TooLargeError(f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=MAX_STR_BYTES,
+            max_bin_len=MAX_BIN_BYTES,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+    except ValueError as exc:
+        # msgpack reports exceeded limits as ValueError with "exceeds" in the text.
+        if "exceeds" in str(exc):
+            raise TooLargeError(f"msgpack limit: {exc}") from None
+        raise WireError(f"malformed msgpack: {exc}") from None
+    except Exception as exc:  # msgpack raises a zoo of types on hostile input
+        raise WireError(f"malformed msgpack: {type(exc).__name__}") from None
+    _check_shape(obj, MAX_DEPTH)
+    return obj
+
+
+def _check_shape(obj: Any, depth: int) -> None:
+    """Reject nesting deeper than the limit and any non-plain value type."""
+    if isinstance(obj, _SCALARS):
+        return
+    if depth <= 0:
+        raise TooLargeError(f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(obj, list):
+        for item in obj:
+            _check_shape(item, depth - 1)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _check_shape(value, depth - 1)
+    else:
+        raise WireError(f"unsupported value type {type(obj).__name__}")
+
+
+class Fields:
+    """Typed, bounded access to a decoded map; every miss is a `WireError`.
+
+    Bodies are maps with short string keys. Reading them through this class
+    keeps "the peer sent garbage" a single, uniform error path.
+    """
+
+    __slots__ = ("_map", "_what")
+
+    def __init__(self, obj: Any, what: str) -> None:
+        if not isinstance(obj, dict):
+            raise WireError(f"{what}: expected a map, got {type(obj).__name__}")
+        self._map = obj
+        self._what = what
+
+    def _get(self, key: str, kind: type | tuple[type, ...], optional: bool) -> Any:
+        if key not in self._map:
+            if optional:
+                return None
+            raise WireError(f"{self._what}: missing field {key!r}")
+        value = self._map[key]
+        if optional and value is None:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise WireError(f"{self._what}.{key}: wrong type {type(value).__name__}")
+        return value
+
+    def bytes(self, key: str, *, size: int | None = None, max_len: int = MAX_BIN_BYTES,
+              optional: bool = False) -> Any:
+        value = self._get(key, bytes, optional)
+        if value is None:
+            return None
+        if size is not None and len(value) != size:
+            raise WireError(f"{self._what}.{key}: expected {size} bytes, got {len(value)}")
+        if len(value) > max_len:
+            raise TooLargeError(f"{self._what}.{key}: {len(value)} bytes exceeds {max_len}")
+        return value
+
+    def int(self, key: str, *, lo: int = 0, hi: int = INT64_MAX, optional: bool = False) -> Any:
+        value = self._get(key, int, optional)
+        if value is None:
+            return None
+        if not lo <= value <= hi:
+            raise WireError(f"{self._what}.{key}: {value} outside [{lo}, {hi}]")
+        return value
+
+    def str(self, key: str, *, max_len: int = 255, optional: bool = False) -> Any:
+        value = self._get(key, str, optional)
+        if value is None:
+            return None
+        if len(value) > max_len:
+            raise TooLargeError(f"{self._what}.{key}: {len(value)} characters exceeds {max_len}")
+        return value
+
+    def bool(self, key: str, *, optional: bool = False) -> Any:
+        return self._get(key, bool, optional)
+
+    def list(self, key: str, *, max_len: int = MAX_MAP_LEN, optional: bool = False) -> Any:
+        value = self._get(key, list, optional)
+        if value is not None and len(value) > max_len:
+            raise TooLargeError(f"{self._what}.{key}: {len(value)} items exceeds {max_len}")
+        return value
+
+    def map(self, key: str, *, optional: bool = False) -> Any:
+        return self._get(key, dict, optional)
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """An origin's exact payload bytes and its Ed25519 signature over them."""
+
+    payload: bytes
+    signature: bytes
+
+    def to_wire(self) -> list[bytes]:
+        return [self.payload, self.signature]
+
+    @classmethod
+    def from_wire(cls, obj: Any, what: str = "signed") -> Signed:
+        if not (isinstance(obj, list) and len(obj) == 2):
+            raise WireError(f"{what}: expected [payload, signature]")
+        payload, signature = obj
+        if not isinstance(payload, bytes) or not isinstance(signature, bytes):
+            raise WireError(f"{what}: payload and signature must be bin")
+        if len(signature) != SIGNATURE_BYTES:
+            raise WireError(f"{what}: signature is {len(signature)} bytes, expected 64")
+        return cls(payload, signature)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded envelope: who sent what kind of message, with its body."""
+
+    type: MsgType
+    sender: bytes
+    body: Any
+
+
+def encode_message(msg_type: MsgType, sender: bytes, body: Any) -> bytes:
+    """Frame a body in the versioned envelope."""
+    return pack([PROTOCOL_VERSION, int(msg_type), sender, body])
+
+
+def decode_message(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Message:
+    """Unframe untrusted bytes; the body is still unvalidated plain data."""
+    obj = unpack(data, max_bytes)
+    if not (isinstance(obj, list) and len(obj) == 4):
+        raise WireError("envelope: expected [version, type, sender, body]")
+    version, msg_type, sender, body = obj
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise WireError("envelope: version must be an integer")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(f"protocol version {version}, this build speaks {PROTOCOL_VERSION}")
+    try:
+        if isinstance(msg_type, bool):
+            raise ValueError(msg_type)
+        kind = MsgType(msg_type)
+    except ValueError:
+        raise WireError(f"envelope: unknown message type {msg_type!r}") from None
+    if not isinstance(sender, bytes) or len(sender) != NODE_ID_BYTES:
+        raise WireError("envelope: sender must be a 32-byte node ID")
+    return Message(kind, sender, body)
