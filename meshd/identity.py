@@ -46,7 +46,7 @@ DEFAULT_SKEW_MS = 5 * 60 * 1000
 MAX_VPCS_PER_CERT = 64
 MAX_SUBNETS_PER_VPC = 16
 SERIAL_BYTES = 16
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: "$" would accept a trailing newline
 
 
 # --- keys and signatures -------------------------------------------------------
@@ -190,6 +190,8 @@ def parse_network(text: str, what: str) -> IPNetwork:
 
 def _wire_network(text: Any, what: str) -> IPNetwork:
     """Parse a CIDR received from elsewhere: malformed means a `WireError`."""
+    if not isinstance(text, str):  # ip_network would also take ints, bools and packed bytes
+        raise WireError(f"{what}: a prefix is text, got {type(text).__name__}")
     try:
         return ipaddress.ip_network(text, strict=True)
     except (ValueError, TypeError):
@@ -215,6 +217,8 @@ class Cluster:
               service_range: ipaddress.IPv4Network, dataplane: str, wall_ms: int) -> Cluster:
         if mesh_prefix.prefixlen != 48 or not mesh_prefix.subnet_of(ipaddress.IPv6Network("fd00::/8")):
             raise UsageError(f"mesh prefix {mesh_prefix} must be a /48 inside fd00::/8 (a ULA)")
+        if not isinstance(service_range, ipaddress.IPv4Network):
+            raise UsageError(f"service range {service_range} must be IPv4")
         if not 8 <= service_range.prefixlen <= 28:
             raise UsageError(f"service range {service_range} must be between /8 and /28")
         if dataplane not in DATAPLANES:
@@ -355,11 +359,14 @@ class Trust:
 
     MAX_CACHE = 65_536
 
-    def __init__(self, cluster: Cluster, skew_ms: int = DEFAULT_SKEW_MS) -> None:
+    def __init__(self, cluster: Cluster, skew_ms: int = DEFAULT_SKEW_MS,
+                 cert_cache: dict[bytes, Certificate] | None = None) -> None:
         self.cluster = cluster
         self.skew_ms = skew_ms
         self.revoked: dict[bytes, Revocation] = {}
-        self._certs: dict[bytes, Certificate] = {}
+        # Shareable (the simulator shares one among thousands of nodes): it holds
+        # only what the CA signed, never a node's own revocation or time view.
+        self._certs: dict[bytes, Certificate] = {} if cert_cache is None else cert_cache
 
     def verify_certificate(self, signed: Signed, wall_ms: int) -> Certificate:
         """Chain to the CA, then window and revocation; each failure its own error."""

@@ -34,7 +34,7 @@ def _host_port(value: Any, what: str) -> str:
     if not isinstance(value, str) or len(value) > 64:
         raise WireError(f"{what}: bad endpoint")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise WireError(f"{what}: {value!r} is not host:port")
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -114,6 +114,8 @@ class NodeInfo:
 
 
 def _network(value: Any, what: str) -> IPNetwork:
+    if not isinstance(value, str):  # ip_network would also take ints, bools and packed bytes
+        raise WireError(f"{what}: a prefix is text, got {type(value).__name__}")
     try:
         return ipaddress.ip_network(value, strict=True)
     except (ValueError, TypeError):

@@ -5,11 +5,13 @@ origin can sign its keys, so per key the highest version wins; a tie (an
 origin that equivocated) goes to the larger signature, which keeps merge
 commutative, associative and idempotent whatever the delivery order.
 
-Each origin's versions rise across all of its keys (`VersionClock`), so one
-number per origin summarises what a table holds of it: that is the
-Scuttlebutt digest, and `delta_since` returns exactly the records above it.
 The table hash is a sum of per-record hashes, updated in O(1) per change, so
-two tables that agree find out by comparing 32 bytes.
+two tables that agree find out by comparing 32 bytes. The digest carries the
+same sum per origin (truncated) next to the origin's highest version, and
+`delta_since` sends every record of each origin whose sum differs. A highest
+version alone cannot summarise an origin: records arrive out of order (a
+pushed update can overtake an older one that was lost), so a table may hold
+an origin's newest version and still lack an older key.
 
 Verification is paid once per record version: a record whose version we
 already hold is dropped after a msgpack decode of its header, before any
@@ -31,6 +33,7 @@ from meshd.errors import (
     LimitError,
     RemoteError,
     StaleError,
+    UnknownCAError,
     UsageError,
     VerificationError,
     WireError,
@@ -46,6 +49,7 @@ DEFAULT_TOMBSTONE_GRACE_MS = 60 * 60 * 1000
 REAPED_MEMORY_MS = 24 * 60 * 60 * 1000
 MAX_KEY_CHARS = 255
 HASH_MODULUS = 1 << 256
+ORIGIN_HASH_BYTES = 8
 _BODY_TYPES = {KIND_NODE: NodeInfo, KIND_SERVICE: ServiceInfo}
 
 Ident = tuple[bytes, str, str]
@@ -95,7 +99,7 @@ class Record:
 
 def parse_record(obj: Any) -> Record:
     """Decode a wire record's header and body; no signature or grant check yet."""
-    if not (isinstance(obj, list) and len(obj) == 3 and isinstance(obj[0], int)):
+    if not (isinstance(obj, list) and len(obj) == 3 and type(obj[0]) is int):  # not a bool
         raise WireError("record: expected [tag, payload, signature]")
     tag = obj[0]
     signed = Signed.from_wire(obj[1:], "record")
@@ -111,7 +115,7 @@ def parse_record(obj: Any) -> Record:
     origin, kind, key, version, body = fields
     if not isinstance(origin, bytes) or len(origin) != wire.NODE_ID_BYTES:
         raise WireError("record: origin must be a 32-byte node ID")
-    if kind not in _BODY_TYPES:
+    if not isinstance(kind, str) or kind not in _BODY_TYPES:  # a list is unhashable
         raise WireError(f"record: unknown kind {kind!r}")
     if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
         raise WireError("record: key must be a short string")
@@ -187,30 +191,36 @@ class MergeResult:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """A table summary for anti-entropy: hash, per-origin max versions, revocation set."""
+    """A table summary for anti-entropy: hash, per-origin max versions and hashes, revocations."""
 
     table_hash: bytes
     versions: Mapping[bytes, int]
     revocations: frozenset[bytes]
+    origin_hashes: Mapping[bytes, bytes] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"h": self.table_hash, "v": [[o, v] for o, v in self.versions.items()],
+        return {"h": self.table_hash,
+                "v": [[o, v, self.origin_hashes.get(o, bytes(ORIGIN_HASH_BYTES))]
+                      for o, v in self.versions.items()],
                 "r": sorted(self.revocations)}
 
     @classmethod
     def from_wire(cls, obj: Any) -> Digest:
         f = wire.Fields(obj, "digest")
         versions: dict[bytes, int] = {}
+        hashes: dict[bytes, bytes] = {}
         for item in f.list("v", max_len=wire.MAX_ARRAY_LEN):
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes)
                     and len(item[0]) == wire.NODE_ID_BYTES and isinstance(item[1], int)
-                    and not isinstance(item[1], bool) and 0 <= item[1] <= wire.INT64_MAX):
-                raise WireError("digest: entries are [origin, version]")
+                    and not isinstance(item[1], bool) and 0 <= item[1] <= wire.INT64_MAX
+                    and isinstance(item[2], bytes) and len(item[2]) == ORIGIN_HASH_BYTES):
+                raise WireError("digest: entries are [origin, version, origin hash]")
             versions[item[0]] = item[1]
+            hashes[item[0]] = item[2]
         revs = f.list("r", max_len=wire.MAX_ARRAY_LEN)
         if not all(isinstance(s, bytes) and len(s) == 16 for s in revs):
             raise WireError("digest: revocations are 16-byte serials")
-        return cls(f.bytes("h", size=32), versions, frozenset(revs))
+        return cls(f.bytes("h", size=32), versions, frozenset(revs), hashes)
 
 
 class VersionClock:
@@ -245,6 +255,7 @@ class Table:
         # Per origin: versions at or below this were reaped or collected; keep them out.
         self._floor: dict[bytes, tuple[int, int]] = {}
         self._hash = 0
+        self._origin_hash: dict[bytes, int] = {}
 
     # --- reading -------------------------------------------------------------
 
@@ -275,18 +286,27 @@ class Table:
 
     def digest(self) -> Digest:
         versions = {o: v for o, v in self._max_version.items() if o != self.trust.cluster.ca_id}
-        return Digest(self.table_hash, versions, frozenset(self.trust.revoked))
+        hashes = {o: self._origin_digest(o) for o in versions}
+        return Digest(self.table_hash, versions, frozenset(self.trust.revoked), hashes)
 
     def delta_since(self, digest: Digest) -> list[Record]:
-        """What the holder of `digest` lacks: revocations first, then node records, then the rest."""
+        """What the holder of `digest` may lack: revocations first, then node records, then the rest.
+
+        Every record of an origin whose hash differs from the digest's is sent;
+        the receiver's merge drops what it already holds before any crypto.
+        """
         revs = [r for r in self._records.values()
                 if r.kind == KIND_REVOCATION and bytes.fromhex(r.key) not in digest.revocations]
-        newer = [r for origin, held in self._by_origin.items()
-                 if self._max_version.get(origin, 0) > digest.versions.get(origin, 0)
-                 for r in held.values()
-                 if r.kind != KIND_REVOCATION and r.version > digest.versions.get(origin, 0)]
-        newer.sort(key=lambda r: (r.kind != KIND_NODE, r.origin, r.version))
-        return revs + newer
+        differ = [r for origin, held in self._by_origin.items()
+                  if origin != self.trust.cluster.ca_id
+                  and digest.origin_hashes.get(origin) != self._origin_digest(origin)
+                  for r in held.values()]
+        differ.sort(key=lambda r: (r.kind != KIND_NODE, r.origin, r.version))
+        return revs + differ
+
+    def _origin_digest(self, origin: bytes) -> bytes:
+        return (self._origin_hash.get(origin, 0) % (1 << 8 * ORIGIN_HASH_BYTES)).to_bytes(
+            ORIGIN_HASH_BYTES, "big")
 
     # --- writing -------------------------------------------------------------
 
@@ -390,6 +410,9 @@ class Table:
         Returns the certificate a node record carries, which becomes the origin's.
         """
         if record.tag == REVOCATION_TAG:
+            # The signature check may have been another table's (a shared cache).
+            if record.origin != self.trust.cluster.ca_id:
+                raise UnknownCAError("revocation was issued by another CA")
             return None
         if record.kind == KIND_NODE:
             if not isinstance(record.info, NodeInfo):
@@ -408,10 +431,10 @@ class Table:
                wall_ms: int) -> None:
         old = self._records.get(record.ident)
         if old is not None:
-            self._hash -= old.entry_hash()
+            self._add_hash(old, -1)
         self._records[record.ident] = record
         self._by_origin.setdefault(record.origin, {})[record.ident] = record
-        self._hash = (self._hash + record.entry_hash()) % HASH_MODULUS
+        self._add_hash(record, 1)
         self._max_version[record.origin] = max(self._max_version.get(record.origin, 0), record.version)
         result.changes.append(Change(old, record))
         if cert is not None:
@@ -432,5 +455,14 @@ class Table:
             held.pop(record.ident, None)
             if not held:
                 del self._by_origin[record.origin]
-        self._hash = (self._hash - record.entry_hash()) % HASH_MODULUS
+        self._add_hash(record, -1)
         return Change(record, None)
+
+    def _add_hash(self, record: Record, sign: int) -> None:
+        entry = sign * record.entry_hash()
+        self._hash = (self._hash + entry) % HASH_MODULUS
+        origin_hash = (self._origin_hash.get(record.origin, 0) + entry) % HASH_MODULUS
+        if origin_hash or record.origin in self._by_origin:
+            self._origin_hash[record.origin] = origin_hash
+        else:
+            self._origin_hash.pop(record.origin, None)

@@ -77,24 +77,41 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+_LIMITS = dict(
+    raw=False,
+    strict_map_key=True,
+    use_list=True,
+    max_str_len=MAX_STR_BYTES,
+    max_bin_len=MAX_BIN_BYTES,
+    max_array_len=MAX_ARRAY_LEN,
+    max_map_len=MAX_MAP_LEN,
+    max_ext_len=0,
+)
+
+
 def unpack(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Any:
-    """Decode untrusted bytes within the limits, or raise a `WireError`."""
+    """Decode untrusted bytes (exactly one value) within the limits, or raise a `WireError`."""
+    obj, used = unpack_prefix(data, max_bytes)
+    if used != len(data):
+        raise WireError(f"{len(data) - used} trailing bytes after the message")
+    return obj
+
+
+def unpack_prefix(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> tuple[Any, int]:
+    """Decode the first value of untrusted bytes; return it and how many bytes it used.
+
+    Datagrams may carry a trailer (a MAC) after the envelope; this finds where it starts.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise TooLargeError(f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_LIMITS)
     try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=MAX_STR_BYTES,
-            max_bin_len=MAX_BIN_BYTES,
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
-        )
+        unpacker.feed(data)
+        obj = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise WireError("truncated msgpack") from None
     except ValueError as exc:
         # msgpack reports exceeded limits as ValueError with "exceeds" in the text.
         if "exceeds" in str(exc):
@@ -103,7 +120,7 @@ def unpack(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Any:
     except Exception as exc:  # msgpack raises a zoo of types on hostile input
         raise WireError(f"malformed msgpack: {type(exc).__name__}") from None
     _check_shape(obj, MAX_DEPTH)
-    return obj
+    return obj, unpacker.tell()
 
 
 def _check_shape(obj: Any, depth: int) -> None:
@@ -227,7 +244,16 @@ def encode_message(msg_type: MsgType, sender: bytes, body: Any) -> bytes:
 
 def decode_message(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Message:
     """Unframe untrusted bytes; the body is still unvalidated plain data."""
-    obj = unpack(data, max_bytes)
+    return _envelope(unpack(data, max_bytes))
+
+
+def decode_message_prefix(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> tuple[Message, int]:
+    """Unframe an envelope followed by a trailer; return it and the envelope's length."""
+    obj, used = unpack_prefix(data, max_bytes)
+    return _envelope(obj), used
+
+
+def _envelope(obj: Any) -> Message:
     if not (isinstance(obj, list) and len(obj) == 4):
         raise WireError("envelope: expected [version, type, sender, body]")
     version, msg_type, sender, body = obj
@@ -236,7 +262,7 @@ def decode_message(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Message:
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersionError(f"protocol version {version}, this build speaks {PROTOCOL_VERSION}")
     try:
-        if isinstance(msg_type, bool):
+        if type(msg_type) is not int:  # not a bool, not a float equal to a type
             raise ValueError(msg_type)
         kind = MsgType(msg_type)
     except ValueError:

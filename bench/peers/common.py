@@ -162,9 +162,7 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
 
 
-async def run_command(
-    argv: Sequence[str], timeout: float, stdin_data: bytes | None = None
-) -> str:
+async def run_command(argv: Sequence[str], timeout: float, stdin_data: bytes | None = None) -> str:
     """Runs a short command (a CLI call, nft) without blocking the loop and returns its stdout.
 
     Raises AgentError on a non-zero exit or on timeout; a command that overruns is SIGKILLed
@@ -192,9 +190,17 @@ async def run_command(
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _read_proc(pid: int, name: str) -> str:
+    """/proc/PID/NAME; a vanished agent is an AgentError like any other dead agent."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError as exc:
+        raise AgentError(f"pid {pid} is gone: {exc}") from exc
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time of ``pid``, all threads, from /proc/PID/stat (utime, stime)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+    text = _read_proc(pid, "stat")
     # Fields after the ")" that closes comm start at field 3 (state); utime, stime are 14, 15.
     rest = text[text.rfind(")") + 2 :].split()
     return (int(rest[11]) + int(rest[12])) / _CLK_TCK
@@ -202,7 +208,7 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` from /proc/PID/status VmRSS."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in _read_proc(pid, "status").splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AgentError(f"pid {pid} has no VmRSS: it has exited")

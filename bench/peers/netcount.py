@@ -27,6 +27,9 @@ UDP_HEADER = 8
 #: TCP data offsets, in 32-bit words: 5 (no options) to 15 (40 bytes of options).
 TCP_DOFFS = range(5, 16)
 NFT_TIMEOUT_S = 10.0
+#: Counter names; bare "udp" or "tcp" would be nft keywords.
+UDP_COUNTER = "gossip_udp"
+TCP_PREFIX = "gossip_tcp_doff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,13 @@ class Traffic:
 
 def _ruleset() -> str:
     """The table: one counter for UDP, one per TCP data offset, fed by one jump per packet."""
-    tcp_counters = [f"tcp{d}" for d in TCP_DOFFS]
-    counters = "\n".join(f"    counter {name} {{}}" for name in ["udp", *tcp_counters])
-    doff_map = ", ".join(f'{d} : "tcp{d}"' for d in TCP_DOFFS)
+    tcp_counters = [f"{TCP_PREFIX}{d}" for d in TCP_DOFFS]
+    counters = "\n".join(f"    counter {name} {{}}" for name in [UDP_COUNTER, *tcp_counters])
+    doff_map = ", ".join(f'{d} : "{TCP_PREFIX}{d}"' for d in TCP_DOFFS)
     return f"""table inet {TABLE} {{
 {counters}
     chain count {{
-        meta l4proto udp counter name "udp"
+        meta l4proto udp counter name "{UDP_COUNTER}"
         meta l4proto tcp counter name tcp doff map {{ {doff_map} }}
     }}
     chain output {{
@@ -67,9 +70,9 @@ def _ruleset() -> str:
 
 def _header_bytes(name: str) -> int:
     """Per-packet header bytes of the packets a counter counts."""
-    if name == "udp":
+    if name == UDP_COUNTER:
         return IPV4_HEADER + UDP_HEADER
-    return IPV4_HEADER + 4 * int(name.removeprefix("tcp"))
+    return IPV4_HEADER + 4 * int(name.removeprefix(TCP_PREFIX))
 
 
 class NftCounters:

@@ -1,0 +1,56 @@
+"""meshd: a controller-less, signed, gossiped WireGuard mesh for containers.
+
+This module is the public surface; everything a user of the package needs is
+re-exported here, so internal modules can move without breaking callers.
+"""
+
+from __future__ import annotations
+
+from meshd.errors import (
+    BadSignatureError,
+    CertificateExpiredError,
+    CertificateNotYetValidError,
+    ConfigError,
+    GrantViolationError,
+    KeyFileError,
+    LimitError,
+    LocalError,
+    MeshdError,
+    RateLimitedError,
+    RemoteError,
+    RevokedError,
+    StaleError,
+    TooLargeError,
+    UnknownCAError,
+    UnsupportedVersionError,
+    UsageError,
+    VerificationError,
+    WireError,
+    WrongOriginError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "BadSignatureError",
+    "CertificateExpiredError",
+    "CertificateNotYetValidError",
+    "ConfigError",
+    "GrantViolationError",
+    "KeyFileError",
+    "LimitError",
+    "LocalError",
+    "MeshdError",
+    "RateLimitedError",
+    "RemoteError",
+    "RevokedError",
+    "StaleError",
+    "TooLargeError",
+    "UnknownCAError",
+    "UnsupportedVersionError",
+    "UsageError",
+    "VerificationError",
+    "WireError",
+    "WrongOriginError",
+]

@@ -1,0 +1,836 @@
+"""The gossip engine: SWIM + Lifeguard membership and dissemination (sans-IO).
+
+The shell feeds it datagrams (`receive_datagram`), stream frames (through
+`SyncSession`s it hands out) and timer ticks (`handle_timer`), each with the
+monotonic `now` and the wall-clock `wall_ms`; it reads back datagrams to send,
+streams to open and events. There is one deadline (`next_deadline`), as in
+aioquic, and all randomness comes from the injected `rng`.
+
+Liveness rules (docs/protocol.md, "Gossip"):
+- A member is alive when the table holds its signed node record; its
+  incarnation is that record's version. Only the member can outbid a claim
+  against it, by publishing a newer record: nobody can declare another alive.
+- Suspect and dead claims are signed by their claimant and count once per
+  claimant. A suspicion times out after Lifeguard's shrinking timeout, which
+  reaches its floor only after `confirmations` independent claimants agree; a
+  lone (perhaps malicious) accuser waits the long timeout, long enough for the
+  subject to hear and refute.
+- A fresh suspicion makes a few members re-probe the suspect at once
+  (`verify_probes`), so a truly dead node collects its confirmations within a
+  probe timeout instead of a probe period: that is what halves detection time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import hashlib
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+import nacl.signing
+
+from meshd import wire
+from meshd.errors import (
+    MeshdError, RateLimitedError, RemoteError, StaleError, WireError, WrongOriginError,
+)
+from meshd.gossip.auth import MAC_BYTES, PairwiseAuth
+from meshd.gossip.broadcast import BroadcastQueue
+from meshd.gossip.events import (
+    ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberEvent, MemberJoined, MemberLeft,
+    MemberReaped, MemberSuspected, MemberUpdated, RecordsMerged,
+)
+from meshd.gossip.sync import SyncSession
+from meshd.gossip.tuning import (
+    GossipTuning, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
+)
+from meshd.identity import sign, verify
+from meshd.records import KIND_NODE, NODE_KEY, NodeInfo
+from meshd.table import Change, Digest, MergeResult, Record, Table, VersionClock, parse_record
+from meshd.wire import Domain, Fields, MsgType, Signed
+
+Address = tuple[str, int]
+
+ITEM_RECORD = 0
+ITEM_CLAIM = 1
+CLAIM_SUSPECT = "suspect"
+CLAIM_DEAD = "dead"
+CLAIM_TTL_MS = 60_000
+MAX_ITEMS_PER_DATAGRAM = 32
+MAX_EVENTS = 10_000
+MAX_OUTBOX = 4_096
+MAX_PENDING_SYNCS = 64
+MAX_NONCES = 10_000
+HELLO_RATE_PER_S = 20.0
+HELLO_BURST = 40.0
+ENVELOPE_OVERHEAD = 64 + MAC_BYTES
+PIGGYBACK_BUDGET = wire.MAX_DATAGRAM_BYTES - ENVELOPE_OVERHEAD - 32
+
+
+def parse_address(text: str) -> Address:
+    """`host:port` or `[v6]:port` (already validated where it came from)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def default_address(info: NodeInfo) -> Address | None:
+    """Membership-only mode gossips on the address the node advertises."""
+    return parse_address(info.gossip) if info.gossip else None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A member's signed statement that another seemed unreachable (or dead) at an incarnation."""
+
+    claimant: bytes
+    subject: bytes
+    incarnation: int
+    kind: str
+    wall_ms: int
+    signed: Signed = field(repr=False)
+
+    @classmethod
+    def make(cls, key: nacl.signing.SigningKey, subject: bytes, incarnation: int, kind: str,
+             wall_ms: int) -> Claim:
+        claimant = bytes(key.verify_key)
+        body = {"by": claimant, "sub": subject, "inc": incarnation, "k": kind, "t": wall_ms}
+        return cls(claimant, subject, incarnation, kind, wall_ms,
+                   sign(key, Domain.CLAIM, wire.pack(body)))
+
+    @classmethod
+    def parse(cls, obj: Any) -> Claim:
+        signed = Signed.from_wire(obj, "claim")
+        f = Fields(wire.unpack(signed.payload, wire.MAX_BIN_BYTES), "claim")
+        kind = f.str("k", max_len=16)
+        if kind not in (CLAIM_SUSPECT, CLAIM_DEAD):
+            raise WireError(f"claim: unknown kind {kind!r}")
+        return cls(f.bytes("by", size=32), f.bytes("sub", size=32), f.int("inc"), kind,
+                   f.int("t"), signed)
+
+    def to_wire(self) -> list[bytes]:
+        return self.signed.to_wire()
+
+
+@dataclass(slots=True)
+class Suspicion:
+    incarnation: int
+    started: float
+    claimants: set[bytes]
+    deadline: float
+    claims: dict[bytes, Claim]
+
+
+@dataclass(slots=True)
+class Member:
+    """The engine's local liveness view of one node (its facts live in the table)."""
+
+    node_id: bytes
+    name: str
+    incarnation: int
+    address: Address | None
+    state: str = ALIVE
+    since: float = 0.0
+    suspicion: Suspicion | None = None
+
+
+@dataclass(slots=True)
+class Probe:
+    """A probe we started (`relay_for` set when we probe on another member's behalf)."""
+
+    target: bytes
+    number: int
+    deadline: float
+    indirect: bool = False
+    verify: bool = False
+    relay_for: tuple[bytes, int, Address] | None = None
+    nacks_expected: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for metrics, the simulator and the benchmarks."""
+
+    sent_datagrams: int = 0
+    sent_bytes: int = 0
+    received_datagrams: int = 0
+    received_bytes: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass(slots=True)
+class _TokenBucket:
+    tokens: float
+    stamp: float
+
+
+class Gossip:
+    """One node's membership protocol. All I/O is the caller's."""
+
+    def __init__(self, *, key: nacl.signing.SigningKey, table: Table, info: NodeInfo,
+                 clock: VersionClock, tuning: GossipTuning, rng: random.Random,
+                 address_of: Callable[[NodeInfo], Address | None] = default_address) -> None:
+        self.key = key
+        self.node_id = bytes(key.verify_key)
+        self.table = table
+        self.info = info
+        self.clock = clock
+        self.tuning = tuning
+        self.rng = rng
+        self.address_of = address_of
+        self.auth = PairwiseAuth(key, clock.last + 1)
+        self.stats = Stats()
+        self.members: dict[bytes, Member] = {}
+        self.awareness = 0
+        self._broadcasts = BroadcastQueue()
+        self._outbox: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._events: collections.deque[Any] = collections.deque()
+        self._syncs: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._probes: dict[int, Probe] = {}
+        self._probe_number = 0
+        self._ring: list[bytes] = [self.node_id]
+        self._probe_at = 0.0
+        self._gossip_at = 0.0
+        self._push_pull_at = 0.0
+        self._collect_at = 0.0
+        self._seeds: list[Address] = []
+        self._hellos: dict[bytes, float] = {}
+        self._join_at: float | None = None
+        self._joined = False
+        self._nonces: dict[bytes, float] = {}
+        self._buckets: dict[str, _TokenBucket] = {}
+        self._now = 0.0
+        self._wall_ms = 0
+        self.left = False
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self, now: float, wall_ms: int) -> None:
+        """Publish our own node record; timers start from `now`."""
+        self._tick(now, wall_ms)
+        self._publish_self(replace(self.info, left=False))
+        interval = self.tuning.probe_interval_s
+        self._probe_at = now + self.rng.uniform(0, interval)
+        self._gossip_at = now + self.tuning.gossip_interval_s
+        self._push_pull_at = now + self.rng.uniform(0.5, 1.0) * self.tuning.push_pull_interval_s
+        self._collect_at = now + 60.0
+
+    def join(self, seeds: Iterable[Address], now: float, wall_ms: int) -> None:
+        """Say hello to each seed until one answers (then push-pull with it)."""
+        self._tick(now, wall_ms)
+        self._seeds = list(seeds)
+        self._joined = not self._seeds
+        if self._seeds:
+            self._send_hellos()
+
+    def set_tags(self, tags: dict[str, str], now: float, wall_ms: int) -> None:
+        """Change our tags: a newer signed node record, pushed at once."""
+        self._tick(now, wall_ms)
+        self._publish_self(replace(self.info, tags=dict(tags)))
+
+    def update_info(self, info: NodeInfo, now: float, wall_ms: int) -> None:
+        """Publish a changed self-description (endpoints, subnets, WireGuard key)."""
+        self._tick(now, wall_ms)
+        self._publish_self(info)
+
+    def leave(self, now: float, wall_ms: int) -> None:
+        """Publish a signed `left` record and push it to as many members as fanout allows."""
+        self._tick(now, wall_ms)
+        self.left = True
+        self._publish_self(replace(self.info, left=True), fanout=self.tuning.fanout * 2)
+
+    # --- shell interface -----------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def next_event(self) -> Any | None:
+        return self._events.popleft() if self._events else None
+
+    def syncs_to_start(self) -> list[tuple[bytes, Address]]:
+        """Push-pull streams the shell should open: (peer ID, address)."""
+        out = list(self._syncs)
+        self._syncs.clear()
+        return out
+
+    def next_deadline(self) -> float:
+        deadlines = [self._probe_at, self._gossip_at, self._push_pull_at, self._collect_at]
+        deadlines.extend(p.deadline for p in self._probes.values())
+        deadlines.extend(m.suspicion.deadline for m in self.members.values() if m.suspicion)
+        if self._join_at is not None:
+            deadlines.append(self._join_at)
+        return min(deadlines)
+
+    def handle_timer(self, now: float, wall_ms: int) -> None:
+        """Do whatever is due: probes, probe timeouts, suspicions, gossip, syncs, collection."""
+        self._tick(now, wall_ms)
+        for number, probe in list(self._probes.items()):
+            if probe.deadline <= now:
+                self._probe_expired(number, probe)
+        for member in list(self.members.values()):
+            if member.suspicion and member.suspicion.deadline <= now:
+                self._declare_dead(member)
+        if self.left:
+            return
+        if self._probe_at <= now:
+            self._probe_next()
+            self._probe_at = now + scaled_timeout(self.tuning.probe_interval_s, self.awareness)
+        if self._gossip_at <= now:
+            self._gossip_round()
+            self._gossip_at = now + self.tuning.gossip_interval_s
+        if self._push_pull_at <= now:
+            self._push_pull()
+            self._push_pull_at = now + self.tuning.push_pull_interval_s
+        if self._join_at is not None and self._join_at <= now:
+            self._send_hellos()
+        if self._collect_at <= now:
+            self._collect()
+            self._collect_at = now + 60.0
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float, wall_ms: int) -> None:
+        """Handle one datagram; hostile input is counted in `stats.dropped`, never raised."""
+        self._tick(now, wall_ms)
+        self.stats.received_datagrams += 1
+        self.stats.received_bytes += len(data)
+        try:
+            self._dispatch(data, addr)
+        except RemoteError as exc:
+            self.stats.dropped[exc.reason] += 1
+        except MeshdError as exc:
+            self.stats.dropped[type(exc).__name__] += 1
+
+    def open_sync(self, peer: bytes) -> tuple[SyncSession, bytes]:
+        """Start a push-pull as initiator: the session and its first frame."""
+        return SyncSession.initiate(self, self.auth.seal, self.auth.open, peer)
+
+    def accept_sync(self) -> SyncSession:
+        """A session for a stream someone opened to us."""
+        return SyncSession(self, self.auth.seal, self.auth.open, None)
+
+    def members_view(self) -> list[Member]:
+        return list(self.members.values())
+
+    @property
+    def alive_count(self) -> int:
+        """n for the scale laws: members not known dead or gone, plus ourselves."""
+        return 1 + sum(1 for m in self.members.values() if m.state in (ALIVE, SUSPECT))
+
+    # --- SyncOwner (used by SyncSession) ------------------------------------
+
+    def table_hash(self) -> bytes:
+        return self.table.table_hash
+
+    def digest(self) -> Digest:
+        return self.table.digest()
+
+    def delta_since(self, digest: Digest) -> list[Record]:
+        return self.table.delta_since(digest)
+
+    def merge_synced(self, records: list[Any], peer: bytes) -> None:
+        self._merge(records, eager=False)
+
+    def claims_against(self, peer: bytes) -> list[Any]:
+        """A fresh claim if we hold `peer` suspect or dead, so it can refute."""
+        member = self.members.get(peer)
+        if member is None or member.state not in (SUSPECT, DEAD):
+            return []
+        kind = CLAIM_DEAD if member.state == DEAD else CLAIM_SUSPECT
+        return [Claim.make(self.key, peer, member.incarnation, kind, self._wall_ms).to_wire()]
+
+    def receive_claims(self, claims: list[Any], peer: bytes) -> None:
+        for obj in claims:
+            try:
+                self._on_claim(obj)
+            except RemoteError as exc:
+                self.stats.dropped[exc.reason] += 1
+
+    # --- internals: time, publishing, sending ----------------------------------
+
+    def _tick(self, now: float, wall_ms: int) -> None:
+        self._now = max(self._now, now)
+        self._wall_ms = wall_ms
+
+    def _publish_self(self, info: NodeInfo, fanout: int | None = None) -> None:
+        self.info = info
+        version = self.clock.next(self._wall_ms)
+        result = self.table.publish(self.key, KIND_NODE, NODE_KEY, info, version, self._wall_ms)
+        self._apply_result(result, eager=True, fanout=fanout)
+
+    def _spread_record(self, record: Record, fanout: int | None = None) -> None:
+        item = [ITEM_RECORD, record.to_wire()]
+        self._broadcasts.push(record.ident, item, record.wire_size() + 4)
+        self._eager_push([item], fanout)
+
+    def _spread_claim(self, claim: Claim, direct_to: Member | None = None) -> None:
+        item = [ITEM_CLAIM, claim.to_wire()]
+        self._broadcasts.push(("claim", claim.claimant, claim.subject), item,
+                              len(claim.signed.payload) + 80)
+        self._eager_push([item], None, extra=direct_to)
+
+    def _eager_push(self, items: list[Any], fanout: int | None, extra: Member | None = None) -> None:
+        """Send a fresh update to `fanout` random members now, not at the next round."""
+        targets = self._random_members(fanout or self.tuning.fanout)
+        if extra is not None and extra.address is not None and extra not in targets:
+            targets.append(extra)
+        for member in targets:
+            self._send(member, MsgType.GOSSIP, {}, items)
+
+    def _random_members(self, k: int, exclude: Iterable[bytes] = ()) -> list[Member]:
+        skip = set(exclude)
+        pool = [m for m in self.members.values()
+                if m.state in (ALIVE, SUSPECT) and m.address is not None and m.node_id not in skip]
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    def _send(self, member: Member, msg_type: MsgType, body: dict[str, Any],
+              items: list[Any] | None = None, address: Address | None = None) -> None:
+        """Seal a datagram for `member`, filling spare room with piggybacked updates."""
+        addr = address or member.address
+        if addr is None:
+            return
+        body = dict(body, s=self.auth.next_seq())
+        if items is None:
+            limit = retransmit_limit(self.tuning.retransmit_mult, self.alive_count)
+            items = self._broadcasts.take(PIGGYBACK_BUDGET, limit)[:MAX_ITEMS_PER_DATAGRAM]
+        if items:
+            body["p"] = items
+        data = self.auth.seal(member.node_id, wire.encode_message(msg_type, self.node_id, body))
+        self._emit(data, addr)
+
+    def _emit(self, data: bytes, addr: Address) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self.stats.dropped["outbox_full"] += 1
+            return
+        self.stats.sent_datagrams += 1
+        self.stats.sent_bytes += len(data)
+        self._outbox.append((data, addr))
+
+    def _event(self, event: Any) -> None:
+        if len(self._events) >= MAX_EVENTS:
+            self._events.popleft()
+            self.stats.dropped["events_overflow"] += 1
+        self._events.append(event)
+
+    # --- receiving -------------------------------------------------------------
+
+    def _dispatch(self, data: bytes, addr: Address) -> None:
+        msg, used = wire.decode_message_prefix(data)
+        if used == len(data):
+            if msg.type not in (MsgType.HELLO, MsgType.HELLO_REPLY):
+                raise WireError(f"{msg.type.name} without a MAC")
+            self._on_hello(msg, addr)
+            return
+        if used + MAC_BYTES != len(data) or msg.type in (MsgType.HELLO, MsgType.HELLO_REPLY):
+            raise WireError("datagram trailer is not a MAC")
+        if self.left:
+            return
+        member = self.members.get(msg.sender)
+        if member is None:
+            raise _UnknownSender("datagram from a node we hold no record of")
+        self.auth.open(msg.sender, data)
+        f = Fields(msg.body, msg.type.name.lower())
+        self.auth.accept_seq(msg.sender, f.int("s"))
+        items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
+        if items:
+            self._on_items(items)
+        handler = _HANDLERS.get(msg.type)
+        if handler is None:
+            raise WireError(f"{msg.type.name} is not a datagram message")
+        handler(self, member, f, addr)
+
+    def _on_items(self, items: list[Any]) -> None:
+        records = []
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and item[0] in (ITEM_RECORD, ITEM_CLAIM)):
+                raise WireError("piggyback item must be [kind, data]")
+            if item[0] == ITEM_RECORD:
+                records.append(item[1])
+            else:
+                try:
+                    self._on_claim(item[1])
+                except RemoteError as exc:
+                    self.stats.dropped[exc.reason] += 1
+        if records:
+            self._merge(records, eager=True)
+
+    def _merge(self, records: list[Any], eager: bool) -> MergeResult:
+        result = self.table.merge(records, self._wall_ms)
+        for reason, count in result.rejected.items():
+            self.stats.dropped[reason] += count
+        self._apply_result(result, eager)
+        return result
+
+    def _apply_result(self, result: MergeResult, eager: bool, fanout: int | None = None) -> None:
+        for change in result.changes:
+            self._on_change(change, eager, fanout)
+        if result.changes:
+            self._event(RecordsMerged(tuple(result.changes)))
+
+    def _on_change(self, change: Change, eager: bool, fanout: int | None = None) -> None:
+        new = change.new
+        if new is None:
+            if change.old is not None and change.old.kind == KIND_NODE:
+                self._forget(change.old.origin)
+            return
+        if eager:
+            self._spread_record(new, fanout)
+        else:
+            self._broadcasts.push(new.ident, [ITEM_RECORD, new.to_wire()], new.wire_size() + 4)
+        if new.kind == KIND_NODE and isinstance(new.info, NodeInfo):
+            self._on_node_record(new, new.info)
+
+    def _on_node_record(self, record: Record, info: NodeInfo) -> None:
+        origin = record.origin
+        if origin == self.node_id:
+            if record.version > self.clock.last:   # a stale copy of us outlived a restart
+                self.clock.last = record.version
+                self._publish_self(self.info)
+            return
+        member = self.members.get(origin)
+        address = self.address_of(info)
+        if member is None:
+            member = Member(origin, info.name, record.version, address, since=self._now)
+            self.members[origin] = member
+            bisect.insort(self._ring, origin)
+            self._event(MemberJoined(origin, info.name, record.version))
+        else:
+            was = member.state
+            member.incarnation, member.address, member.name = record.version, address, info.name
+            if member.suspicion and record.version > member.suspicion.incarnation:
+                member.suspicion = None
+            if was in (SUSPECT, DEAD) and not info.left:
+                self._set_state(member, ALIVE, MemberAlive)
+            elif not info.left:
+                self._event(MemberUpdated(origin, info.name, record.version, info.tags))
+        if info.left and member.state != LEFT:
+            member.suspicion = None
+            self._set_state(member, LEFT, MemberLeft)
+
+    def _set_state(self, member: Member, state: str, event: type[MemberEvent]) -> None:
+        member.state = state
+        member.since = self._now
+        self._event(event(member.node_id, member.name, member.incarnation))
+
+    def _forget(self, origin: bytes) -> None:
+        member = self.members.pop(origin, None)
+        if member is not None:
+            self._ring.pop(bisect.bisect_left(self._ring, origin))
+            self._event(MemberReaped(origin, member.name, member.incarnation))
+
+    # --- probes ------------------------------------------------------------------
+
+    def _probe_next(self) -> None:
+        target = self._next_target()
+        if target is not None:
+            self._start_probe(target, verify=False)
+
+    def _next_target(self) -> Member | None:
+        """This round's target: our successor on the ID ring at a shift every node agrees on.
+
+        The shift comes from the wall-clock round number, so within one probe
+        interval every member is probed by exactly one member (views agreeing):
+        a crashed node is found within one interval, not after a random wait.
+        """
+        n = len(self._ring)
+        if n < 2:
+            return None
+        round_no = self._wall_ms // int(self.tuning.probe_interval_s * 1000)
+        digest = hashlib.blake2b(round_no.to_bytes(8, "big"), digest_size=8).digest()
+        shift = 1 + int.from_bytes(digest, "big") % (n - 1)
+        start = bisect.bisect_left(self._ring, self.node_id)
+        for step in range(n - 1):
+            member = self.members.get(self._ring[(start + shift + step) % n])
+            if member is not None and member.state in (ALIVE, SUSPECT) and member.address:
+                return member
+        return None
+
+    def _start_probe(self, target: Member, verify: bool) -> None:
+        if any(p.target == target.node_id and p.relay_for is None for p in self._probes.values()):
+            return
+        self._probe_number += 1
+        timeout = scaled_timeout(self.tuning.probe_timeout_s, self.awareness)
+        self._probes[self._probe_number] = Probe(target.node_id, self._probe_number,
+                                                 self._now + timeout, verify=verify)
+        self._send(target, MsgType.PING, {"n": self._probe_number})
+
+    def _probe_expired(self, number: int, probe: Probe) -> None:
+        target = self.members.get(probe.target)
+        if probe.relay_for is not None:
+            del self._probes[number]
+            requester = self.members.get(probe.relay_for[0])
+            if requester is not None:
+                self._send(requester, MsgType.NACK, {"n": probe.relay_for[1]},
+                           address=probe.relay_for[2])
+            return
+        if target is None or target.state not in (ALIVE, SUSPECT):
+            del self._probes[number]
+            return
+        if not probe.indirect:
+            self._go_indirect(probe, target)
+            return
+        del self._probes[number]
+        if probe.nacks < probe.nacks_expected:
+            self.awareness = min(self.tuning.awareness_max, self.awareness + 1)
+        self._suspect_by_me(target)
+
+    def _go_indirect(self, probe: Probe, target: Member) -> None:
+        """Ask k others to ping the target for us (SWIM), expecting nacks if they fail (Lifeguard)."""
+        helpers = self._random_members(self.tuning.indirect_checks, exclude=[target.node_id])
+        probe.indirect = True
+        probe.nacks_expected = len(helpers)
+        probe.deadline = self._now + scaled_timeout(self.tuning.indirect_timeout_s, self.awareness)
+        for helper in helpers:
+            self._send(helper, MsgType.PING_REQ, {"n": probe.number, "t": target.node_id})
+        self._send(target, MsgType.PING, {"n": probe.number})
+
+    def _on_ping(self, member: Member, f: Fields, addr: Address) -> None:
+        self._send(member, MsgType.ACK, {"n": f.int("n")}, address=addr)
+
+    def _on_ack(self, member: Member, f: Fields, addr: Address) -> None:
+        probe = self._probes.get(f.int("n"))
+        if probe is None or probe.target != member.node_id:
+            return
+        del self._probes[probe.number]
+        if probe.relay_for is not None:
+            requester = self.members.get(probe.relay_for[0])
+            if requester is not None:
+                self._send(requester, MsgType.ACK, {"n": probe.relay_for[1], "t": member.node_id},
+                           address=probe.relay_for[2])
+            return
+        self._probe_succeeded(probe)
+
+    def _on_relayed_ack(self, probe: Probe) -> None:
+        del self._probes[probe.number]
+        self._probe_succeeded(probe)
+
+    def _probe_succeeded(self, probe: Probe) -> None:
+        if not probe.verify:
+            self.awareness = max(0, self.awareness - 1)
+
+    def _on_ack_any(self, member: Member, f: Fields, addr: Address) -> None:
+        """An ACK is either from the target itself or relayed by a helper (it names the target)."""
+        target = f.bytes("t", size=32, optional=True)
+        if target is None:
+            self._on_ack(member, f, addr)
+            return
+        probe = self._probes.get(f.int("n"))
+        if probe is not None and probe.target == target and probe.relay_for is None:
+            self._on_relayed_ack(probe)
+
+    def _on_nack(self, member: Member, f: Fields, addr: Address) -> None:
+        probe = self._probes.get(f.int("n"))
+        if probe is not None and probe.indirect:
+            probe.nacks += 1
+
+    def _on_ping_req(self, member: Member, f: Fields, addr: Address) -> None:
+        target = self.members.get(f.bytes("t", size=32))
+        if target is None or target.address is None:
+            self._send(member, MsgType.NACK, {"n": f.int("n")}, address=addr)
+            return
+        self._probe_number += 1
+        self._probes[self._probe_number] = Probe(
+            target.node_id, self._probe_number, self._now + self.tuning.probe_timeout_s,
+            relay_for=(member.node_id, f.int("n"), addr))
+        self._send(target, MsgType.PING, {"n": self._probe_number})
+
+    def _on_gossip(self, member: Member, f: Fields, addr: Address) -> None:
+        """Items were handled in `_dispatch`; nothing else to do."""
+
+    # --- suspicion ---------------------------------------------------------------
+
+    def _suspect_by_me(self, target: Member) -> None:
+        claim = Claim.make(self.key, target.node_id, target.incarnation, CLAIM_SUSPECT,
+                           self._wall_ms)
+        if self._apply_claim(claim):
+            self._spread_claim(claim, direct_to=target)
+
+    def _on_claim(self, obj: Any) -> None:
+        claim = Claim.parse(obj)
+        if abs(claim.wall_ms - self._wall_ms) > CLAIM_TTL_MS:
+            raise StaleError("claim too old (or from the future)")
+        if claim.claimant == self.node_id:
+            return
+        claimant = self.members.get(claim.claimant)
+        if claimant is None:
+            raise _UnknownSender("claim from a node we hold no record of")
+        if claim.subject == self.node_id:
+            verify(claim.claimant, Domain.CLAIM, claim.signed)
+            self._refute(claim)
+            return
+        subject = self.members.get(claim.subject)
+        if subject is None or claim.incarnation < subject.incarnation:
+            return
+        suspicion = subject.suspicion
+        if suspicion is not None and claim.claimant in suspicion.claimants:
+            return
+        if subject.state not in (ALIVE, SUSPECT):
+            return
+        verify(claim.claimant, Domain.CLAIM, claim.signed)
+        fresh = suspicion is None
+        if self._apply_claim(claim):
+            self._spread_claim(claim)
+        if fresh and self.rng.random() < self.tuning.verify_probes / max(1, self.alive_count - 2):
+            self._start_probe(subject, verify=True)
+
+    def _apply_claim(self, claim: Claim) -> bool:
+        """Count a claimant against the subject; True if it changed our view (worth relaying)."""
+        subject = self.members[claim.subject]
+        tuning = self.tuning
+        n = self.alive_count
+        max_s = suspicion_max_s(tuning.suspicion_mult, n, tuning.probe_interval_s)
+        min_s = min(tuning.suspicion_min_s, max_s)
+        if subject.suspicion is None:
+            subject.suspicion = Suspicion(claim.incarnation, self._now, set(), self._now + max_s, {})
+            self._set_state(subject, SUSPECT, MemberSuspected)
+        suspicion = subject.suspicion
+        if claim.claimant in suspicion.claimants:
+            return False
+        suspicion.claimants.add(claim.claimant)
+        suspicion.claims[claim.claimant] = claim
+        # The first accuser's word starts the clock; others confirm and shorten it.
+        confirmations = len(suspicion.claimants) - 1
+        remaining = remaining_suspicion_s(confirmations, tuning.confirmations,
+                                          self._now - suspicion.started, min_s, max_s)
+        suspicion.deadline = self._now + max(0.0, remaining)
+        return len(suspicion.claimants) <= tuning.confirmations + 2
+
+    def _refute(self, claim: Claim) -> None:
+        """Someone thinks we are unreachable: outbid the claim with a newer record."""
+        if claim.incarnation < self._own_version():
+            return
+        self.awareness = min(self.tuning.awareness_max, self.awareness + 1)
+        self._publish_self(self.info)
+
+    def _own_version(self) -> int:
+        record = self.table.node(self.node_id)
+        return record.version if record is not None else 0
+
+    def _declare_dead(self, member: Member) -> None:
+        suspicion = member.suspicion
+        member.suspicion = None
+        self._set_state(member, DEAD, MemberDied)
+        if suspicion is not None and not any(c.kind == CLAIM_DEAD for c in suspicion.claims.values()):
+            self._spread_claim(Claim.make(self.key, member.node_id, member.incarnation, CLAIM_DEAD,
+                                          self._wall_ms))
+
+    # --- rounds --------------------------------------------------------------------
+
+    def _gossip_round(self) -> None:
+        if not len(self._broadcasts):
+            return
+        for member in self._random_members(self.tuning.fanout):
+            self._send(member, MsgType.GOSSIP, {})
+
+    def _push_pull(self) -> None:
+        """Anti-entropy with one random live member, or try to reconnect to a dead one."""
+        dead = [m for m in self.members.values() if m.state == DEAD and m.address]
+        live = self._random_members(1)
+        if dead and (not live or self.rng.random() < 0.5):
+            target = self.rng.choice(dead)
+        elif live:
+            target = live[0]
+        else:
+            return
+        if len(self._syncs) < MAX_PENDING_SYNCS and target.address is not None:
+            self._syncs.append((target.node_id, target.address))
+
+    def _collect(self) -> None:
+        """Reap members dead or gone for `reap_s`, then let the table drop old tombstones."""
+        for member in list(self.members.values()):
+            if member.state in (DEAD, LEFT) and self._now - member.since > self.tuning.reap_s:
+                for change in self.table.drop_origin(member.node_id, self._wall_ms):
+                    self._on_change(change, eager=False)
+                self._forget(member.node_id)
+        for change in self.table.collect(self._wall_ms):
+            self._on_change(change, eager=False)
+        horizon = self._now - 2 * self.tuning.hello_skew_s
+        self._nonces = {n: t for n, t in self._nonces.items() if t > horizon}
+
+    # --- joining -------------------------------------------------------------------
+
+    def _hello_body(self, reply_to: bytes | None) -> list[bytes]:
+        nonce = self.rng.randbytes(16)
+        record = self.table.node(self.node_id)
+        assert record is not None
+        body: dict[str, Any] = {"rec": record.to_wire(), "t": self._wall_ms, "nonce": nonce}
+        if reply_to is not None:
+            body["re"] = reply_to
+        else:
+            self._hellos[nonce] = self._now
+        return sign(self.key, Domain.HELLO, wire.pack(body)).to_wire()
+
+    def _send_hellos(self) -> None:
+        if self._joined:
+            self._join_at = None
+            return
+        for seed in self._seeds:
+            self._emit(wire.encode_message(MsgType.HELLO, self.node_id, self._hello_body(None)), seed)
+        self._join_at = self._now + self.tuning.join_retry_s
+        if len(self._hellos) > 64:
+            oldest = sorted(self._hellos, key=self._hellos.__getitem__)[:-64]
+            for nonce in oldest:
+                del self._hellos[nonce]
+
+    def _on_hello(self, msg: wire.Message, addr: Address) -> None:
+        """The one thing accepted from strangers: a signed, fresh, CA-checked self-introduction."""
+        self._rate_limit(addr[0])
+        signed = Signed.from_wire(msg.body, "hello")
+        f = Fields(wire.unpack(signed.payload, wire.MAX_BIN_BYTES), "hello")
+        sent_ms, nonce = f.int("t"), f.bytes("nonce", size=16)
+        if abs(sent_ms - self._wall_ms) > self.tuning.hello_skew_s * 1000:
+            raise StaleError("hello timestamp outside the accepted window")
+        if nonce in self._nonces:
+            raise StaleError("replayed hello")
+        reply_to = f.bytes("re", size=16, optional=True)
+        if msg.type == MsgType.HELLO_REPLY and (reply_to is None or reply_to not in self._hellos):
+            raise StaleError("hello reply to nothing we sent")
+        verify(msg.sender, Domain.HELLO, signed)
+        record_obj = f.list("rec", max_len=3)
+        if parse_record(record_obj).origin != msg.sender:
+            raise WrongOriginError("hello carries another node's record")
+        self._nonces[nonce] = self._now
+        if len(self._nonces) > MAX_NONCES:
+            self._nonces.pop(next(iter(self._nonces)))
+        result = self._merge([record_obj], eager=True)
+        if result.rejected:
+            return
+        record = self.table.node(msg.sender)
+        if record is None:
+            raise _UnknownSender("hello record does not name its sender")
+        if msg.type == MsgType.HELLO:
+            body = self._hello_body(reply_to=nonce)
+            self._emit(wire.encode_message(MsgType.HELLO_REPLY, self.node_id, body), addr)
+        else:
+            self._joined = True
+            self._join_at = None
+            self._hellos.clear()
+            member = self.members.get(msg.sender)
+            if member is not None and member.address is not None:
+                self._syncs.append((msg.sender, member.address))
+
+    def _rate_limit(self, source: str) -> None:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= MAX_NONCES:
+                self._buckets.clear()
+            bucket = self._buckets[source] = _TokenBucket(HELLO_BURST, self._now)
+        bucket.tokens = min(HELLO_BURST, bucket.tokens + (self._now - bucket.stamp) * HELLO_RATE_PER_S)
+        bucket.stamp = self._now
+        if bucket.tokens < 1:
+            raise RateLimitedError(f"too many hellos from {source}")
+        bucket.tokens -= 1
+
+
+class _UnknownSender(RemoteError):
+    reason = "unknown_sender"
+
+
+_HANDLERS: dict[MsgType, Callable[[Gossip, Member, Fields, Address], None]] = {
+    MsgType.PING: Gossip._on_ping,
+    MsgType.ACK: Gossip._on_ack_any,
+    MsgType.NACK: Gossip._on_nack,
+    MsgType.PING_REQ: Gossip._on_ping_req,
+    MsgType.GOSSIP: Gossip._on_gossip,
+}
