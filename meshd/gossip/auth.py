@@ -21,6 +21,7 @@ from meshd.errors import BadSignatureError, StaleError, WireError
 MAC_BYTES = 16
 SEQ_SHIFT = 20          # counter bits below the boot version
 WINDOW_BITS = 128
+_MASK = (1 << WINDOW_BITS) - 1
 MAX_PEERS = 65_536
 
 
@@ -36,7 +37,9 @@ class ReplayWindow:
     def check_and_set(self, seq: int) -> bool:
         if seq > self.top:
             shift = seq - self.top
-            self.bits = ((self.bits << shift) | 1) & ((1 << WINDOW_BITS) - 1)
+            # A jump past the window (a restart, the first datagram) starts a fresh one;
+            # shifting by it would build an integer as large as the jump.
+            self.bits = 1 if shift >= WINDOW_BITS else ((self.bits << shift) | 1) & _MASK
             self.top = seq
             return True
         offset = self.top - seq

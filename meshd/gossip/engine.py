@@ -257,7 +257,9 @@ class Gossip:
         return out
 
     def next_deadline(self) -> float:
-        deadlines = [self._probe_at, self._gossip_at, self._push_pull_at, self._collect_at]
+        deadlines = [self._probe_at, self._push_pull_at, self._collect_at]
+        if len(self._broadcasts):   # an idle node wakes for probes only
+            deadlines.append(self._gossip_at)
         deadlines.extend(p.deadline for p in self._probes.values())
         deadlines.extend(m.suspicion.deadline for m in self.members.values() if m.suspicion)
         if self._join_at is not None:

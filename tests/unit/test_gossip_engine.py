@@ -1,0 +1,322 @@
+"""The gossip engine as plain objects: engines wired together by a tiny in-memory router.
+
+As in aioquic's tests, no loop and no sockets: each step hands one engine's
+datagrams to the others, at a virtual time the test controls.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Callable
+
+import pytest
+
+from meshd import wire
+from meshd.gossip.engine import CLAIM_DEAD, CLAIM_SUSPECT, Claim, Gossip, parse_address
+from meshd.gossip.events import (
+    ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberJoined, MemberLeft, MemberSuspected,
+    MemberUpdated,
+)
+from meshd.gossip.tuning import GossipTuning, suspicion_max_s
+from meshd.table import VersionClock
+from meshd.wire import MsgType
+from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
+
+Drop = Callable[[int, int, bytes], bool]
+
+
+class Router:
+    """Delivers datagrams between engines by address; `drop(src, dst, data)` loses some."""
+
+    def __init__(self, members: list[Member], tuning: GossipTuning | None = None) -> None:
+        self.now = 0.0
+        self.engines = [
+            Gossip(key=m.key, table=m.ca.table(), info=m.node_info(), clock=VersionClock(),
+                   tuning=tuning or GossipTuning.lan(), rng=random.Random(m.index))
+            for m in members
+        ]
+        self.index = {parse_address(m.node_info().gossip or ""): m.index for m in members}
+        self.drop: Drop = lambda src, dst, data: False
+        self.sent: list[tuple[int, int, bytes]] = []
+        for engine in self.engines:
+            engine.start(self.now, self.wall_ms)
+
+    @property
+    def wall_ms(self) -> int:
+        return WALL_MS + int(self.now * 1000)
+
+    def address(self, i: int) -> tuple[str, int]:
+        return next(a for a, j in self.index.items() if j == i)
+
+    def flush(self, rounds: int = 50) -> None:
+        """Deliver until quiet (bounded); run any push-pull the engines ask for."""
+        for _ in range(rounds):
+            moved = False
+            for i, engine in enumerate(self.engines):
+                for data, addr in engine.datagrams_to_send():
+                    moved = True
+                    j = self.index[addr]
+                    self.sent.append((i, j, data))
+                    if not self.drop(i, j, data):
+                        self.engines[j].receive_datagram(data, self.address(i), self.now,
+                                                         self.wall_ms)
+                for peer, addr in engine.syncs_to_start():
+                    moved = True
+                    self.sync(i, self.index[addr], peer)
+            if not moved:
+                return
+
+    def sync(self, i: int, j: int, peer: bytes) -> None:
+        session, frame = self.engines[i].open_sync(peer)
+        other = self.engines[j].accept_sync()
+        frames, turn = [frame], 1
+        for _ in range(8):
+            if not frames:
+                break
+            receiver = other if turn else session
+            frames = [out for f in frames for out in receiver.receive(f)]
+            turn ^= 1
+        assert session.done and other.done
+
+    def advance(self, seconds: float, step: float = 0.05) -> None:
+        """Move virtual time, firing due timers and delivering as we go."""
+        for _ in range(int(seconds / step)):
+            self.now += step
+            for engine in self.engines:
+                if engine.next_deadline() <= self.now:
+                    engine.handle_timer(self.now, self.wall_ms)
+            self.flush()
+
+    def join_all(self) -> None:
+        for engine in self.engines[1:]:
+            engine.join([self.address(0)], self.now, self.wall_ms)
+        self.flush()
+        self.advance(1.0)
+
+    def events(self, i: int) -> list[object]:
+        out = []
+        while (event := self.engines[i].next_event()) is not None:
+            out.append(event)
+        return out
+
+    def state(self, i: int, j: int) -> str:
+        return self.engines[i].members[self.engines[j].node_id].state
+
+
+@pytest.fixture
+def trio() -> Router:
+    _, members = make_cluster(3)
+    router = Router(members)
+    router.join_all()
+    return router
+
+
+def test_join_through_a_seed_gives_everyone_everyone_and_one_table(trio: Router) -> None:
+    for i in range(3):
+        assert {m.state for m in trio.engines[i].members.values()} == {ALIVE}
+        assert len(trio.engines[i].members) == 2
+    assert len({e.table.table_hash for e in trio.engines}) == 1
+    assert any(isinstance(e, MemberJoined) for e in trio.events(2))
+
+
+def test_probes_keep_healthy_members_alive_without_suspicion(trio: Router) -> None:
+    trio.events(0)
+    trio.advance(20.0)
+    assert not [e for e in trio.events(0) if isinstance(e, MemberSuspected)]
+    assert all(trio.state(0, j) == ALIVE for j in (1, 2))
+
+
+def test_an_unreachable_member_is_suspected_then_declared_dead(trio: Router) -> None:
+    trio.drop = lambda src, dst, data: 2 in (src, dst)
+    tuning = trio.engines[0].tuning
+    bound = (tuning.probe_interval_s * 2 + tuning.probe_timeout_s + tuning.indirect_timeout_s
+             + suspicion_max_s(tuning.suspicion_mult, 3, tuning.probe_interval_s))
+    trio.advance(bound + 1.0)
+    assert trio.state(0, 2) == DEAD and trio.state(1, 2) == DEAD
+    assert trio.state(0, 1) == ALIVE
+
+
+def test_a_suspected_member_refutes_with_a_newer_record(trio: Router) -> None:
+    victim = trio.engines[2]
+    incarnation = victim.table.node(victim.node_id).version
+    claim = Claim.make(trio.engines[0].key, victim.node_id, incarnation, CLAIM_SUSPECT,
+                       trio.wall_ms)
+    trio.engines[0]._apply_claim(claim)
+    trio.engines[0]._spread_claim(claim, direct_to=trio.engines[0].members[victim.node_id])
+    assert trio.state(0, 2) == SUSPECT
+    trio.flush()
+    assert victim.table.node(victim.node_id).version > incarnation
+    assert trio.state(0, 2) == ALIVE and trio.state(1, 2) == ALIVE
+    assert any(isinstance(e, MemberAlive) for e in trio.events(0))
+
+
+def test_a_lone_accuser_waits_the_long_timeout_and_confirmations_shorten_it() -> None:
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    observer = router.engines[0]
+    subject = router.engines[5]
+    inc = subject.table.node(subject.node_id).version
+    tuning = observer.tuning
+    long_s = suspicion_max_s(tuning.suspicion_mult, observer.alive_count, tuning.probe_interval_s)
+    observer._apply_claim(Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_SUSPECT,
+                                     router.wall_ms))
+    suspicion = observer.members[subject.node_id].suspicion
+    assert suspicion is not None
+    assert suspicion.deadline - observer._now == pytest.approx(long_s)
+    for accuser in (2, 3):
+        observer._apply_claim(Claim.make(router.engines[accuser].key, subject.node_id, inc,
+                                         CLAIM_DEAD, router.wall_ms))
+    assert suspicion.deadline - observer._now == pytest.approx(tuning.suspicion_min_s)
+
+
+def test_repeated_claims_by_one_accuser_count_once() -> None:
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    observer, subject = router.engines[0], router.engines[5]
+    inc = subject.table.node(subject.node_id).version
+    for _ in range(5):
+        claim = Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_DEAD, router.wall_ms)
+        observer._apply_claim(claim)
+    suspicion = observer.members[subject.node_id].suspicion
+    assert suspicion is not None and len(suspicion.claimants) == 1
+
+
+def test_leave_is_seen_as_left_not_dead(trio: Router) -> None:
+    trio.engines[2].leave(trio.now, trio.wall_ms)
+    trio.flush()
+    assert trio.state(0, 2) == LEFT and trio.state(1, 2) == LEFT
+    assert any(isinstance(e, MemberLeft) for e in trio.events(0))
+    trio.advance(10.0)
+    assert trio.state(0, 2) == LEFT
+
+
+def test_tags_change_reaches_every_member(trio: Router) -> None:
+    trio.events(1)
+    trio.engines[0].set_tags({"role": "db"}, trio.now, trio.wall_ms)
+    trio.flush()
+    record = trio.engines[1].table.node(trio.engines[0].node_id)
+    assert record is not None and record.info.tags == {"role": "db"}
+    assert any(isinstance(e, MemberUpdated) and e.tags == {"role": "db"} for e in trio.events(1))
+
+
+def test_equal_tables_sync_in_two_small_frames(trio: Router) -> None:
+    a, b = trio.engines[0], trio.engines[1]
+    session, first = a.open_sync(b.node_id)
+    responder = b.accept_sync()
+    replies = responder.receive(first)
+    assert len(replies) == 1 and session.receive(replies[0]) == []
+    assert session.done and responder.done
+    assert len(first) + len(replies[0]) < 200
+
+
+def _sealed_ping(router: Router, i: int, j: int) -> bytes:
+    engine = router.engines[i]
+    engine._send(engine.members[router.engines[j].node_id], MsgType.PING, {"n": 1})
+    ((data, _),) = engine.datagrams_to_send()
+    return data
+
+
+def test_a_flipped_bit_fails_the_mac_and_is_counted(trio: Router) -> None:
+    data = bytearray(_sealed_ping(trio, 0, 1))
+    data[-3] ^= 0x01
+    trio.engines[1].receive_datagram(bytes(data), trio.address(0), trio.now, trio.wall_ms)
+    assert trio.engines[1].stats.dropped["bad_signature"] == 1
+    assert trio.engines[1].datagrams_to_send() == []
+
+
+def test_a_replayed_datagram_is_dropped(trio: Router) -> None:
+    data = _sealed_ping(trio, 0, 1)
+    receiver = trio.engines[1]
+    receiver.receive_datagram(data, trio.address(0), trio.now, trio.wall_ms)
+    assert len(receiver.datagrams_to_send()) == 1
+    receiver.receive_datagram(data, trio.address(0), trio.now, trio.wall_ms)
+    assert receiver.datagrams_to_send() == []
+    assert receiver.stats.dropped["stale_version"] == 1
+
+
+def test_a_datagram_from_a_stranger_is_dropped_before_any_work() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    known, stranger = router.engines
+    stranger._merge([known.table.node(known.node_id).to_wire()], eager=False)
+    stranger.datagrams_to_send()
+    data = _sealed_ping(router, 1, 0)
+    known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert known.stats.dropped["unknown_sender"] == 1
+    assert known.datagrams_to_send() == []
+
+
+def _hello(router: Router, i: int) -> bytes:
+    engine = router.engines[i]
+    engine.join([router.address(0)], router.now, router.wall_ms)
+    ((data, _),) = engine.datagrams_to_send()
+    return data
+
+
+def test_a_replayed_hello_is_dropped_and_gets_no_answer() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    data = _hello(router, 1)
+    seed = router.engines[0]
+    seed.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert [wire.decode_message(d).type for d, _ in seed.datagrams_to_send()][-1] == MsgType.HELLO_REPLY
+    seed.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert seed.datagrams_to_send() == []
+    assert seed.stats.dropped["stale_version"] == 1
+
+
+def test_a_stale_hello_is_dropped() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    data = _hello(router, 1)
+    seed = router.engines[0]
+    late = router.now + seed.tuning.hello_skew_s + 5
+    seed.receive_datagram(data, router.address(1), late, WALL_MS + int(late * 1000))
+    assert seed.datagrams_to_send() == []
+    assert seed.stats.dropped["stale_version"] == 1
+    assert len(seed.members) == 0
+
+
+def test_a_hello_from_another_clusters_node_is_refused() -> None:
+    _, members = make_cluster(1)
+    other_ca = make_ca("other")
+    outsider = make_member(other_ca, 1)
+    router = Router([members[0], outsider])
+    data = _hello(router, 1)
+    seed = router.engines[0]
+    seed.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert seed.datagrams_to_send() == []
+    assert seed.stats.dropped["unknown_ca"] == 1
+    assert len(seed.members) == 0
+
+
+def test_hellos_are_rate_limited_per_source_address() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    seed = router.engines[0]
+    for _ in range(100):
+        seed.receive_datagram(b"\x94\x01\x01", ("10.99.0.2", 7946), router.now, router.wall_ms)
+    data = _hello(router, 1)
+    for _ in range(60):
+        seed.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert seed.stats.dropped["rate_limited"] > 0
+
+
+def test_a_restarted_node_outbids_rumours_of_its_death(trio: Router) -> None:
+    trio.drop = lambda src, dst, data: 2 in (src, dst)
+    trio.advance(12.0)
+    assert trio.state(0, 2) == DEAD
+    old = trio.engines[2]
+    _, members = make_cluster(3)
+    reborn = Gossip(key=old.key, table=members[2].ca.table(), info=old.info,
+                    clock=VersionClock(old.clock.last), tuning=old.tuning, rng=random.Random(9))
+    trio.engines[2] = reborn
+    trio.drop = lambda src, dst, data: False
+    reborn.start(trio.now, trio.wall_ms)
+    reborn.join([trio.address(0)], trio.now, trio.wall_ms)
+    trio.flush()
+    trio.advance(2.0)
+    assert trio.state(0, 2) == ALIVE and trio.state(1, 2) == ALIVE
