@@ -33,9 +33,9 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_ADDRESS_LIST = 64
 MAX_TUNING_VALUE = 2**31 - 1
 # Same rule as identity.DNS_LABEL: names end up in certificates and DNS.
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 # Linux interface names: at most 15 bytes, no '/', ':' or whitespace.
-INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 TOP_KEYS = ("name", "state_dir", "control_socket", "identity", "gossip", "wireguard", "vpc",
             "dns", "metrics")

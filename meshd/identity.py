@@ -188,7 +188,7 @@ def parse_network(text: str, what: str) -> IPNetwork:
         raise UsageError(f"{what}: {text!r} is not a CIDR prefix") from None
 
 
-def _wire_network(text: Any, what: str) -> IPNetwork:
+def wire_network(text: Any, what: str) -> IPNetwork:
     """Parse a CIDR received from elsewhere: malformed means a `WireError`."""
     if not isinstance(text, str):  # ip_network would also take ints, bools and packed bytes
         raise WireError(f"{what}: a prefix is text, got {type(text).__name__}")
@@ -232,8 +232,8 @@ class Cluster:
         f = Fields(wire.unpack(signed.payload, wire.MAX_BIN_BYTES), "cluster")
         ca_id = f.bytes("ca", size=32)
         verify(ca_id, Domain.CLUSTER, signed)
-        mesh = _wire_network(f.str("mesh"), "cluster.mesh")
-        svc = _wire_network(f.str("svc"), "cluster.svc")
+        mesh = wire_network(f.str("mesh"), "cluster.mesh")
+        svc = wire_network(f.str("svc"), "cluster.svc")
         dataplane = f.str("dp")
         if not isinstance(mesh, ipaddress.IPv6Network) or not isinstance(svc, ipaddress.IPv4Network):
             raise WireError("cluster: mesh must be IPv6 and service range IPv4")
@@ -297,7 +297,7 @@ class Certificate:
                 raise WireError(f"cert: bad VPC name {vpc!r}")
             if not isinstance(nets, list) or len(nets) > MAX_SUBNETS_PER_VPC:
                 raise WireError(f"cert: bad subnet list for VPC {vpc}")
-            vpcs[vpc] = tuple(_wire_network(n, f"cert.vpcs.{vpc}") for n in nets)
+            vpcs[vpc] = tuple(wire_network(n, f"cert.vpcs.{vpc}") for n in nets)
         name = f.str("name", max_len=63)
         if not DNS_LABEL.match(name):
             raise WireError(f"cert: bad node name {name!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from meshd.errors import GrantViolationError, WireError, WrongOriginError
-from meshd.identity import Certificate, IPNetwork, DNS_LABEL
+from meshd.identity import DNS_LABEL, Certificate, IPNetwork, wire_network
 from meshd.wire import Fields, Signed
 
 KIND_NODE = "node"
@@ -90,7 +90,7 @@ class NodeInfo:
         for vpc, nets in f.map("vpcs").items():
             if not isinstance(nets, list) or len(nets) > 16:
                 raise WireError(f"node: bad subnets for VPC {vpc!r}")
-            subnets[vpc] = tuple(_network(n, f"node.vpcs.{vpc}") for n in nets)
+            subnets[vpc] = tuple(wire_network(n, f"node.vpcs.{vpc}") for n in nets)
         return cls(
             name=name,
             cert=Signed.from_wire(f.list("cert", max_len=2), "node.cert"),
@@ -111,15 +111,6 @@ class NodeInfo:
         for vpc, nets in self.subnets.items():
             for net in nets:
                 cert.check_grant(vpc, net)
-
-
-def _network(value: Any, what: str) -> IPNetwork:
-    if not isinstance(value, str):  # ip_network would also take ints, bools and packed bytes
-        raise WireError(f"{what}: a prefix is text, got {type(value).__name__}")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except (ValueError, TypeError):
-        raise WireError(f"{what}: bad prefix {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

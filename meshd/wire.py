@@ -247,9 +247,30 @@ def decode_message(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Message:
     return _envelope(unpack(data, max_bytes))
 
 
-def decode_message_prefix(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> tuple[Message, int]:
-    """Unframe an envelope followed by a trailer; return it and the envelope's length."""
+def encode_datagram(msg_type: MsgType, body: Any) -> bytes:
+    """A compact envelope without the sender, for datagrams whose MAC key the
+    receiver picks by source address: 34 bytes less on every probe."""
+    return pack([PROTOCOL_VERSION, int(msg_type), body])
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """A decoded compact envelope: the sender is known from where it came."""
+
+    type: MsgType
+    body: Any
+
+
+def decode_datagram_prefix(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES
+                           ) -> tuple[Message | Datagram, int]:
+    """Unframe a datagram: a full envelope (hellos) or a compact one followed by a trailer.
+
+    Returns the envelope and its length, so the caller can find the trailer (a MAC).
+    """
     obj, used = unpack_prefix(data, max_bytes)
+    if isinstance(obj, list) and len(obj) == 3:
+        version, msg_type, body = obj
+        return Datagram(_header(version, msg_type), body), used
     return _envelope(obj), used
 
 
@@ -257,6 +278,13 @@ def _envelope(obj: Any) -> Message:
     if not (isinstance(obj, list) and len(obj) == 4):
         raise WireError("envelope: expected [version, type, sender, body]")
     version, msg_type, sender, body = obj
+    kind = _header(version, msg_type)
+    if not isinstance(sender, bytes) or len(sender) != NODE_ID_BYTES:
+        raise WireError("envelope: sender must be a 32-byte node ID")
+    return Message(kind, sender, body)
+
+
+def _header(version: Any, msg_type: Any) -> MsgType:
     if not isinstance(version, int) or isinstance(version, bool):
         raise WireError("envelope: version must be an integer")
     if version != PROTOCOL_VERSION:
@@ -264,9 +292,6 @@ def _envelope(obj: Any) -> Message:
     try:
         if type(msg_type) is not int:  # not a bool, not a float equal to a type
             raise ValueError(msg_type)
-        kind = MsgType(msg_type)
+        return MsgType(msg_type)
     except ValueError:
         raise WireError(f"envelope: unknown message type {msg_type!r}") from None
-    if not isinstance(sender, bytes) or len(sender) != NODE_ID_BYTES:
-        raise WireError("envelope: sender must be a 32-byte node ID")
-    return Message(kind, sender, body)

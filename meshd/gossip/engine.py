@@ -190,6 +190,8 @@ class Gossip:
         self._probes: dict[int, Probe] = {}
         self._probe_number = 0
         self._ring: list[bytes] = [self.node_id]
+        # Datagrams name no sender: its address picks the MAC key (docs/protocol.md).
+        self._by_address: dict[Address, bytes] = {}
         self._probe_at = 0.0
         self._gossip_at = 0.0
         self._push_pull_at = 0.0
@@ -398,7 +400,7 @@ class Gossip:
             items = self._broadcasts.take(PIGGYBACK_BUDGET, limit)[:MAX_ITEMS_PER_DATAGRAM]
         if items:
             body["p"] = items
-        data = self.auth.seal(member.node_id, wire.encode_message(msg_type, self.node_id, body))
+        data = self.auth.seal(member.node_id, wire.encode_datagram(msg_type, body))
         self._emit(data, addr)
 
     def _emit(self, data: bytes, addr: Address) -> None:
@@ -418,22 +420,23 @@ class Gossip:
     # --- receiving -------------------------------------------------------------
 
     def _dispatch(self, data: bytes, addr: Address) -> None:
-        msg, used = wire.decode_message_prefix(data)
-        if used == len(data):
-            if msg.type not in (MsgType.HELLO, MsgType.HELLO_REPLY):
-                raise WireError(f"{msg.type.name} without a MAC")
+        msg, used = wire.decode_datagram_prefix(data)
+        if isinstance(msg, wire.Message):
+            if used != len(data) or msg.type not in (MsgType.HELLO, MsgType.HELLO_REPLY):
+                raise WireError("only hellos carry a full envelope, and no trailer")
             self._on_hello(msg, addr)
             return
-        if used + MAC_BYTES != len(data) or msg.type in (MsgType.HELLO, MsgType.HELLO_REPLY):
+        if used + MAC_BYTES != len(data):
             raise WireError("datagram trailer is not a MAC")
         if self.left:
             return
-        member = self.members.get(msg.sender)
+        sender = self._by_address.get(addr)
+        member = self.members.get(sender) if sender is not None else None
         if member is None:
-            raise _UnknownSender("datagram from a node we hold no record of")
-        self.auth.open(msg.sender, data)
+            raise _UnknownSender(f"datagram from {addr[0]}:{addr[1]}, no member's address")
+        self.auth.open(member.node_id, data)
         f = Fields(msg.body, msg.type.name.lower())
-        self.auth.accept_seq(msg.sender, f.int("s"))
+        self.auth.accept_seq(member.node_id, f.int("s"))
         items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         if items:
             self._on_items(items)
@@ -492,6 +495,7 @@ class Gossip:
             return
         member = self.members.get(origin)
         address = self.address_of(info)
+        self._set_address(origin, member.address if member else None, address)
         if member is None:
             member = Member(origin, info.name, record.version, address, since=self._now)
             self.members[origin] = member
@@ -515,9 +519,16 @@ class Gossip:
         member.since = self._now
         self._event(event(member.node_id, member.name, member.incarnation))
 
+    def _set_address(self, origin: bytes, old: Address | None, new: Address | None) -> None:
+        if old is not None and self._by_address.get(old) == origin:
+            del self._by_address[old]
+        if new is not None:
+            self._by_address[new] = origin
+
     def _forget(self, origin: bytes) -> None:
         member = self.members.pop(origin, None)
         if member is not None:
+            self._set_address(origin, member.address, None)
             self._ring.pop(bisect.bisect_left(self._ring, origin))
             self._event(MemberReaped(origin, member.name, member.incarnation))
 

@@ -100,7 +100,7 @@ def decode_objects(obj: Any) -> None:
 
 def decode_all(data: bytes) -> Any:
     """Every byte-level decoder on `data`; returns what `unpack` made of it, if anything."""
-    for decoder in (wire.unpack, wire.unpack_prefix, wire.decode_message, wire.decode_message_prefix):
+    for decoder in (wire.unpack, wire.unpack_prefix, wire.decode_message, wire.decode_datagram_prefix):
         only_meshd_errors(decoder, data, STREAM)
         only_meshd_errors(decoder, data)                      # the datagram limit path
     only_meshd_errors(identity.signed_from_bytes, data, "fuzz")

@@ -38,6 +38,8 @@ LAYERS: dict[str, int] = {
     "meshd.control": 8,
     "meshd.node": 8,
     "meshd.cli": 9,
+    "meshd.demo": 9,          # drives `meshd` commands, beside the CLI
+    "meshd.__main__": 10,
     "meshd": 9,               # the public surface re-exports from every layer
 }
 SANS_IO_LAYER = 5             # the simulator may import these layers, and itself

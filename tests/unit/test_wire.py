@@ -126,11 +126,26 @@ def test_unpack_refuses_non_bytes() -> None:
 
 
 def test_prefix_decoding_reports_where_a_trailer_starts() -> None:
-    envelope = wire.encode_message(MsgType.PING, SENDER, {"seq": 1})
-    msg, used = wire.decode_message_prefix(envelope + b"T" * 16)
+    envelope = wire.encode_message(MsgType.HELLO, SENDER, {"seq": 1})
+    msg, used = wire.decode_datagram_prefix(envelope + b"T" * 16)
     assert used == len(envelope) and msg.body == {"seq": 1}
+    assert isinstance(msg, wire.Message) and msg.sender == SENDER
     with pytest.raises(WireError):
         wire.decode_message(envelope + b"T" * 16)
+
+
+def test_compact_datagrams_carry_no_sender_and_save_its_bytes() -> None:
+    compact = wire.encode_datagram(MsgType.PING, {"s": 1, "n": 2})
+    full = wire.encode_message(MsgType.PING, SENDER, {"s": 1, "n": 2})
+    msg, used = wire.decode_datagram_prefix(compact + b"M" * 16)
+    assert msg == wire.Datagram(MsgType.PING, {"s": 1, "n": 2}) and used == len(compact)
+    assert len(full) - len(compact) == 34
+
+
+@pytest.mark.parametrize("obj", [[2, 3, {}], [1, 99, {}], [True, 3, {}], [1, 3.0, {}]])
+def test_bad_compact_headers_are_wire_errors(obj: list[object]) -> None:
+    with pytest.raises(WireError):
+        wire.decode_datagram_prefix(wire.pack(obj))
 
 
 def test_signing_input_separates_domains() -> None:
