@@ -6,6 +6,8 @@ re-exported here, so internal modules can move without breaking callers.
 
 from __future__ import annotations
 
+from meshd.client import ControlError
+from meshd.config import Config, load as load_config
 from meshd.errors import (
     BadSignatureError,
     CertificateExpiredError,
@@ -28,11 +30,38 @@ from meshd.errors import (
     WireError,
     WrongOriginError,
 )
+from meshd.events import (
+    EventsLost,
+    Member,
+    MemberAlive,
+    MemberDied,
+    MemberEvent,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspected,
+    MemberTagsChanged,
+)
+from meshd.node import Node
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "Config",
+    "ControlError",
+    "EventsLost",
+    "Member",
+    "MemberAlive",
+    "MemberDied",
+    "MemberEvent",
+    "MemberJoined",
+    "MemberLeft",
+    "MemberReaped",
+    "MemberSuspected",
+    "MemberTagsChanged",
+    "Node",
+    "load_config",
     "BadSignatureError",
     "CertificateExpiredError",
     "CertificateNotYetValidError",

@@ -12,9 +12,12 @@ exit status 2 for bad usage and 1 for everything else.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
+import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +27,9 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import nacl.signing
 
-from meshd import __version__, identity, keyfiles, wire
+from meshd import __version__, config, identity, keyfiles, wire
+from meshd.agent import Agent
+from meshd.client import Client
 from meshd.errors import MeshdError, UsageError
 from meshd.identity import Certificate, Cluster, IPNetwork, Revocation
 
@@ -39,6 +44,8 @@ MS_PER_DAY = 86_400_000
 KEYGEN_FILES = ("node.key", "node.pub", "wg.key", "wg.pub")
 CA_KEY_FILE = "ca.key"
 CLUSTER_FILE = "cluster.pub"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 # --- the parser ----------------------------------------------------------------
@@ -112,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # our reader went away (`meshd watch | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def _fail(message: str, status: int) -> int:
@@ -375,10 +385,161 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- meshd agent ---------------------------------------------------------------
+
+
+def _agent_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE",
+                        help="the agent's TOML configuration")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="log verbosity on stderr (default: %(default)s)")
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT, then leave the cluster gracefully."""
+    settings = config.load(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    asyncio.run(_run_agent(settings))
+    return EXIT_OK
+
+
+async def _run_agent(settings: config.Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(settings).run(None, stop)
+
+
+# --- client commands: members, status, tags, watch, join -------------------------
+
+
+def _socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", type=Path, default=config.DEFAULT_CONTROL_SOCKET,
+                        metavar="PATH", help="the agent's control socket (default: %(default)s)")
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    _socket_arg(parser)
+    _json_arg(parser)
+
+
+def _table(columns: Sequence[tuple[str, Callable[[Any], str]]], rows: Sequence[Any]) -> str:
+    """Left-aligned columns for people; a header row first."""
+    cells = [[head for head, _ in columns], *([get(row) for _, get in columns] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _pairs(mapping: dict[str, Any]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(mapping.items())) or "-"
+
+
+MEMBER_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
+    ("NAME", lambda m: m["name"]),
+    ("STATE", lambda m: m["state"]),
+    ("ADDRESS", lambda m: m["addresses"][0] if m["addresses"] else "-"),
+    ("TAGS", lambda m: _pairs(m["tags"])),
+    ("ID", lambda m: m["id"][:12]),
+]
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    """List every member the agent knows, itself included."""
+    members = Client(args.socket).members()
+    print(json.dumps(members, indent=2) if args.json else _table(MEMBER_COLUMNS, members))
+    return EXIT_OK
+
+
+def _inline(value: Any) -> str:
+    return _pairs(value) if isinstance(value, dict) else str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show this node: identity, addresses, member counts, traffic, drops."""
+    status = Client(args.socket).status()
+    print(json.dumps(status, indent=2) if args.json
+          else _render({key: _inline(value) for key, value in status.items()}))
+    return EXIT_OK
+
+
+def _tags_set_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="tags to set")
+    _client_args(parser)
+
+
+def _tags_unset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("keys", nargs="+", metavar="KEY", help="tags to remove")
+    _client_args(parser)
+
+
+def parse_tags(items: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` arguments into a dict; the value may be empty, the key may not."""
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{item!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags
+
+
+def _print_tags(tags: dict[str, str], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(tags, indent=2))
+    else:
+        print("\n".join(f"{key}={value}" for key, value in sorted(tags.items())) or "(no tags)")
+    return EXIT_OK
+
+
+def cmd_tags_set(args: argparse.Namespace) -> int:
+    """Set tags on this node (a newer signed node record, gossiped at once)."""
+    return _print_tags(Client(args.socket).set_tags(parse_tags(args.pairs)), args.json)
+
+
+def cmd_tags_unset(args: argparse.Namespace) -> int:
+    """Remove tags from this node."""
+    return _print_tags(Client(args.socket).set_tags({}, args.keys), args.json)
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One event for people: when, what, who."""
+    if event.get("event") == "lost":
+        return f"{event['count']} events lost (this watcher fell behind)"
+    member = event["member"]
+    return (f"{_iso(event['wall_ms'])} {event['event']:<7} {member['name']} "
+            f"state={member['state']} incarnation={member['incarnation']} "
+            f"tags={_pairs(member['tags'])}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print membership events as this node learns them, until the agent stops."""
+    for event in Client(args.socket).watch():
+        print(json.dumps(event) if args.json else _event_line(event), flush=True)
+    return EXIT_OK
+
+
+def _join_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("seeds", nargs="+", metavar="HOST:PORT", help="gossip addresses to join")
+    _socket_arg(parser)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Ask a running agent to join a cluster through more seeds."""
+    seeds = Client(args.socket).join(args.seeds)
+    print(f"hello sent to {', '.join(seeds)}")
+    return EXIT_OK
+
+
 # --- the command table ---------------------------------------------------------
 
 GROUPS: dict[tuple[str, ...], str] = {
     ("ca",): "the offline cluster CA: init, sign, revoke, show",
+    ("tags",): "this node's tags: set, unset",
 }
 
 COMMANDS: list[Command] = [
@@ -388,6 +549,14 @@ COMMANDS: list[Command] = [
     Command(("ca", "revoke"), "revoke a node certificate", _ca_revoke_args, cmd_ca_revoke),
     Command(("ca", "show"), "print any meshd key, cert or cluster file", _ca_show_args,
             cmd_ca_show),
+    Command(("agent",), "run the daemon (SIGTERM: leave the cluster and exit)", _agent_args,
+            cmd_agent),
+    Command(("members",), "list the members this node knows", _client_args, cmd_members),
+    Command(("status",), "show this node's state and counters", _client_args, cmd_status),
+    Command(("tags", "set"), "set tags on this node", _tags_set_args, cmd_tags_set),
+    Command(("tags", "unset"), "remove tags from this node", _tags_unset_args, cmd_tags_unset),
+    Command(("watch",), "print membership events as they happen", _client_args, cmd_watch),
+    Command(("join",), "join a cluster through more seeds", _join_args, cmd_join),
 ]
 
 

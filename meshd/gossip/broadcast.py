@@ -8,6 +8,7 @@ refutes twice never spends bandwidth on its stale refutation.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Hashable
 
@@ -19,8 +20,12 @@ class _Item:
     subject: Hashable
     payload: Any
     size: int
-    transmits: int
-    seq: int
+    # [transmits, -seq]: ascending order is fewest sent, then newest. A list compares in C,
+    # so ordering a full queue (every datagram sent, in a join storm) needs no Python key.
+    rank: list[int]
+
+
+_RANK = operator.attrgetter("rank")
 
 
 class BroadcastQueue:
@@ -38,9 +43,9 @@ class BroadcastQueue:
     def push(self, subject: Hashable, payload: Any, size: int) -> None:
         """Queue an update, replacing any older one about the same subject."""
         self._seq += 1
-        self._items[subject] = _Item(subject, payload, size, 0, self._seq)
+        self._items[subject] = _Item(subject, payload, size, [0, -self._seq])
         if len(self._items) > self.max_items:
-            worst = max(self._items.values(), key=lambda i: (i.transmits, -i.seq))
+            worst = max(self._items.values(), key=_RANK)
             del self._items[worst.subject]
             self.dropped += 1
 
@@ -50,12 +55,12 @@ class BroadcastQueue:
     def take(self, budget: int, limit: int) -> list[Any]:
         """Payloads that fit in `budget` bytes, freshest first; each counts one transmit."""
         chosen = []
-        for item in sorted(self._items.values(), key=lambda i: (i.transmits, -i.seq)):
+        for item in sorted(self._items.values(), key=_RANK):
             if item.size > budget:
                 continue
             budget -= item.size
             chosen.append(item.payload)
-            item.transmits += 1
-            if item.transmits >= limit:
+            item.rank[0] += 1
+            if item.rank[0] >= limit:
                 del self._items[item.subject]
         return chosen

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import collections
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
@@ -65,6 +66,7 @@ MAX_NONCES = 10_000
 HELLO_RATE_PER_S = 20.0
 HELLO_BURST = 40.0
 ENVELOPE_OVERHEAD = 64 + MAC_BYTES
+LIVE_STATES = (ALIVE, SUSPECT)
 PIGGYBACK_BUDGET = wire.MAX_DATAGRAM_BYTES - ENVELOPE_OVERHEAD - 32
 
 
@@ -182,6 +184,7 @@ class Gossip:
         self.auth = PairwiseAuth(key, clock.last + 1)
         self.stats = Stats()
         self.members: dict[bytes, Member] = {}
+        self._live_members = 0          # members alive or suspect (see alive_count)
         self.awareness = 0
         self._broadcasts = BroadcastQueue()
         self._outbox: collections.deque[tuple[bytes, Address]] = collections.deque()
@@ -259,11 +262,14 @@ class Gossip:
         return out
 
     def next_deadline(self) -> float:
-        deadlines = [self._probe_at, self._push_pull_at, self._collect_at]
+        """When `handle_timer` next has work; `math.inf` when never (a node that left)."""
+        deadlines = [p.deadline for p in self._probes.values()]
+        deadlines.extend(m.suspicion.deadline for m in self.members.values() if m.suspicion)
+        if self.left:   # only pending probes and suspicions still run out (see handle_timer)
+            return min(deadlines, default=math.inf)
+        deadlines += [self._probe_at, self._push_pull_at, self._collect_at]
         if len(self._broadcasts):   # an idle node wakes for probes only
             deadlines.append(self._gossip_at)
-        deadlines.extend(p.deadline for p in self._probes.values())
-        deadlines.extend(m.suspicion.deadline for m in self.members.values() if m.suspicion)
         if self._join_at is not None:
             deadlines.append(self._join_at)
         return min(deadlines)
@@ -319,8 +325,12 @@ class Gossip:
 
     @property
     def alive_count(self) -> int:
-        """n for the scale laws: members not known dead or gone, plus ourselves."""
-        return 1 + sum(1 for m in self.members.values() if m.state in (ALIVE, SUSPECT))
+        """n for the scale laws: members not known dead or gone, plus ourselves.
+
+        Kept as a counter: every datagram sent reads it, and a scan would make each
+        send cost O(members).
+        """
+        return 1 + self._live_members
 
     # --- SyncOwner (used by SyncSession) ------------------------------------
 
@@ -383,9 +393,25 @@ class Gossip:
             self._send(member, MsgType.GOSSIP, {}, items)
 
     def _random_members(self, k: int, exclude: Iterable[bytes] = ()) -> list[Member]:
+        """k distinct live members, uniformly at random.
+
+        Draws from the ID ring and rejects the ineligible, so a pick costs O(k), not
+        O(members) (every new update is pushed to fanout members at once); only when
+        too few draws succeed (a small or mostly dead cluster) does it scan them all.
+        """
         skip = set(exclude)
-        pool = [m for m in self.members.values()
-                if m.state in (ALIVE, SUSPECT) and m.address is not None and m.node_id not in skip]
+        skip.add(self.node_id)
+        chosen: dict[bytes, Member] = {}
+        for _ in range(4 * k + 8):
+            if len(chosen) == k:
+                break
+            node_id = self._ring[self.rng.randrange(len(self._ring))]
+            member = self.members.get(node_id)
+            if member is not None and node_id not in skip and _reachable(member):
+                chosen[node_id] = member
+        if len(chosen) == k:
+            return list(chosen.values())
+        pool = [m for m in self.members.values() if m.node_id not in skip and _reachable(m)]
         return self.rng.sample(pool, min(k, len(pool)))
 
     def _send(self, member: Member, msg_type: MsgType, body: dict[str, Any],
@@ -499,6 +525,7 @@ class Gossip:
         if member is None:
             member = Member(origin, info.name, record.version, address, since=self._now)
             self.members[origin] = member
+            self._live_members += 1
             bisect.insort(self._ring, origin)
             self._event(MemberJoined(origin, info.name, record.version))
         else:
@@ -515,6 +542,7 @@ class Gossip:
             self._set_state(member, LEFT, MemberLeft)
 
     def _set_state(self, member: Member, state: str, event: type[MemberEvent]) -> None:
+        self._live_members += (state in LIVE_STATES) - (member.state in LIVE_STATES)
         member.state = state
         member.since = self._now
         self._event(event(member.node_id, member.name, member.incarnation))
@@ -528,6 +556,7 @@ class Gossip:
     def _forget(self, origin: bytes) -> None:
         member = self.members.pop(origin, None)
         if member is not None:
+            self._live_members -= member.state in LIVE_STATES
             self._set_address(origin, member.address, None)
             self._ring.pop(bisect.bisect_left(self._ring, origin))
             self._event(MemberReaped(origin, member.name, member.incarnation))
@@ -673,7 +702,9 @@ class Gossip:
             self._refute(claim)
             return
         subject = self.members.get(claim.subject)
-        if subject is None or claim.incarnation < subject.incarnation:
+        # Only a claim about the record we hold counts: one about a version we never saw
+        # (perhaps never issued) would start a suspicion no refutation we can receive ends.
+        if subject is None or claim.incarnation != subject.incarnation:
             return
         suspicion = subject.suspicion
         if suspicion is not None and claim.claimant in suspicion.claimants:
@@ -711,7 +742,7 @@ class Gossip:
 
     def _refute(self, claim: Claim) -> None:
         """Someone thinks we are unreachable: outbid the claim with a newer record."""
-        if claim.incarnation < self._own_version():
+        if claim.incarnation != self._own_version():   # outbid already, or about no record of ours
             return
         self.awareness = min(self.tuning.awareness_max, self.awareness + 1)
         self._publish_self(self.info)
@@ -834,6 +865,10 @@ class Gossip:
         if bucket.tokens < 1:
             raise RateLimitedError(f"too many hellos from {source}")
         bucket.tokens -= 1
+
+
+def _reachable(member: Member) -> bool:
+    return member.state in LIVE_STATES and member.address is not None
 
 
 class _UnknownSender(RemoteError):

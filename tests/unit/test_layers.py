@@ -33,10 +33,14 @@ LAYERS: dict[str, int] = {
     "meshd.keyfiles": 6,      # the IO edge for key material
     "meshd.reconcile": 6,
     "meshd.dns.server": 6,
+    "meshd.state": 6,         # the state directory (last version, tags)
+    "meshd.events": 7,        # public events and their bounded subscriptions
+    "meshd.serve": 7,         # bounded stream servers, one HTTP exchange (h11)
     "meshd.agent": 7,
+    "meshd.control": 7,       # the agent's TaskGroup owns the control server
     "meshd.sim": 7,           # beside the agent; see SIM_MAY_IMPORT
-    "meshd.control": 8,
     "meshd.node": 8,
+    "meshd.client": 8,        # the control socket's client, for the CLI
     "meshd.cli": 9,
     "meshd.demo": 9,          # drives `meshd` commands, beside the CLI
     "meshd.__main__": 10,

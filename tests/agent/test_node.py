@@ -1,0 +1,171 @@
+"""`meshd.Node` embedded in asyncio programs: events, tags, restarts, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import meshd
+from meshd.client import Client
+from meshd.errors import ConfigError
+from tests.agent.cluster import Cluster, NodeFiles
+
+IPS = ["127.0.0.91", "127.0.0.92", "127.0.0.93"]
+EVENT_WAIT_S = 20.0
+CYCLES = 50
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[NodeFiles, NodeFiles]:
+    cluster = Cluster(tmp_path, IPS)
+    first = cluster.node(1)
+    return first, cluster.node(2, seeds=[first])
+
+
+async def next_of(events: meshd.events.Subscription, kind: type, name: str) -> meshd.MemberEvent:
+    """The next event of `kind` about member `name` (others are skipped), bounded in time."""
+    async with asyncio.timeout(EVENT_WAIT_S):
+        async for event in events:
+            if isinstance(event, kind) and event.member.name == name:
+                return event
+    raise AssertionError(f"the subscription ended before a {kind.__name__} for {name}")
+
+
+@pytest.mark.parametrize("own_thread", [True, False], ids=["own-thread", "host-loop"])
+async def test_events_follow_a_peer_joining_tagging_and_leaving(pair, own_thread: bool) -> None:
+    first, second = (meshd.load_config(n.config) for n in pair)
+    async with meshd.Node(first, own_thread=own_thread) as a:
+        events = a.events()
+        async with meshd.Node(second, own_thread=own_thread) as b:
+            joined = await next_of(events, meshd.MemberJoined, "n2")
+            assert joined.member.state == "alive" and joined.wall_ms > 0
+            assert {m.name for m in a.members()} == {"n1", "n2"}
+            assert a.members()[0].name == "n1"
+            assert await b.set_tags({"role": "db"}) == {"role": "db"}
+            changed = await next_of(events, meshd.MemberTagsChanged, "n2")
+            assert dict(changed.member.tags) == {"role": "db"}
+        left = await next_of(events, meshd.MemberLeft, "n2")
+        assert left.member.state == "left"
+        status = await a.status()
+        assert status["members"]["left"] == 1
+
+
+async def test_a_cancelled_host_task_still_leaves_gracefully(pair) -> None:
+    first, second = (meshd.load_config(n.config) for n in pair)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    async with meshd.Node(first) as a:
+        events = a.events()
+        entered = asyncio.Event()
+
+        async def host() -> None:
+            async with meshd.Node(second):
+                entered.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(host())
+        await next_of(events, meshd.MemberJoined, "n2")
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await next_of(events, meshd.MemberLeft, "n2")).member.state == "left"
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+async def test_tags_and_versions_survive_a_restart(pair) -> None:
+    config = meshd.load_config(pair[0].config)
+    async with meshd.Node(config) as node:
+        await node.set_tags({"zone": "a", "tmp": "x"}, unset=["nothing"])
+        assert await node.set_tags({}, unset=["tmp"]) == {"zone": "a"}
+        first = node.members()[0].incarnation
+    assert (config.state_dir.stat().st_mode & 0o777) == 0o700
+    saved = json.loads((config.state_dir / "state.json").read_text())
+    assert saved["tags"] == {"zone": "a"} and saved["version"] > first
+    async with meshd.Node(config) as node:
+        own = node.members()[0]
+        assert dict(own.tags) == {"zone": "a"} and own.incarnation > saved["version"]
+
+
+async def test_an_embedded_node_may_serve_its_control_socket(pair) -> None:
+    config = meshd.load_config(pair[0].config)
+    async with meshd.Node(config, control_socket=True):
+        listed = await asyncio.to_thread(Client(config.control_socket).members)
+        assert [m["name"] for m in listed] == ["n1"]
+    assert not config.control_socket.exists()
+
+
+async def test_a_subnet_outside_the_certificate_fails_at_start(tmp_path: Path) -> None:
+    node = Cluster(tmp_path, IPS).node(1, vpc_grant="10.20.1.0/24", vpc_subnet="10.21.0.0/24")
+    with pytest.raises(ConfigError, match=r"vpc\.blue\.subnet"):
+        async with meshd.Node(meshd.load_config(node.config)):
+            pass
+
+
+async def test_bad_tags_are_refused_locally(pair) -> None:
+    async with meshd.Node(meshd.load_config(pair[0].config)) as node:
+        with pytest.raises(meshd.UsageError):
+            await node.set_tags({"": "x"})
+        with pytest.raises(meshd.UsageError):
+            await node.set_tags({f"k{i}": "v" for i in range(40)})
+
+
+CYCLER = textwrap.dedent("""\
+    import asyncio, contextlib, sys
+    import meshd
+
+    async def drain(events):
+        async for _ in events:
+            pass
+
+    async def cycle(config, i):
+        async with meshd.Node(config, own_thread=i % 4 != 3) as node:
+            readers = [asyncio.create_task(drain(node.events())) for _ in range(2)]
+            node.events()  # a subscription nobody reads
+            await asyncio.sleep(0)
+            if i % 2:
+                readers[0].cancel()
+        for reader in readers:  # a stopped node ends every pending iteration
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(reader, 5)
+
+    async def cancelled_inside(config):
+        async def body():
+            async with meshd.Node(config) as node:
+                reader = asyncio.create_task(drain(node.events()))
+                await asyncio.sleep(3600)
+        task = asyncio.create_task(body())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def main(path, cycles):
+        config = meshd.load_config(path)
+        for i in range(cycles):
+            if i % 10 == 5:
+                await cancelled_inside(config)
+            else:
+                await cycle(config, i)
+        print("cycles done", flush=True)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+""")
+
+
+def test_fifty_start_stop_cycles_with_pending_readers_exit_cleanly(pair, tmp_path: Path) -> None:
+    script = tmp_path / "cycles.py"
+    script.write_text(CYCLER)
+    result = subprocess.run([sys.executable, "-X", "dev", str(script), str(pair[0].config),
+                             str(CYCLES)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "cycles done"
+    for marker in ("Traceback", "Task was destroyed", "never awaited", "Exception ignored",
+                   "ResourceWarning", "Unclosed"):
+        assert marker not in result.stderr, result.stderr[-3000:]
