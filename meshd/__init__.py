@@ -6,43 +6,48 @@ re-exported here, so internal modules can move without breaking callers.
 
 from __future__ import annotations
 
-from meshd.client import ControlError
-from meshd.config import Config, load as load_config
-from meshd.errors import (
-    BadSignatureError,
-    CertificateExpiredError,
-    CertificateNotYetValidError,
-    ConfigError,
-    GrantViolationError,
-    KeyFileError,
-    LimitError,
-    LocalError,
-    MeshdError,
-    RateLimitedError,
-    RemoteError,
-    RevokedError,
-    StaleError,
-    TooLargeError,
-    UnknownCAError,
-    UnsupportedVersionError,
-    UsageError,
-    VerificationError,
-    WireError,
-    WrongOriginError,
-)
-from meshd.events import (
-    EventsLost,
-    Member,
-    MemberAlive,
-    MemberDied,
-    MemberEvent,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberSuspected,
-    MemberTagsChanged,
-)
-from meshd.node import Node
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562): `import meshd.wire` must not drag in
+# asyncio, the agent and the HTTP client, so a CLI call or the daemon loads
+# only what it runs.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "ControlError": ("meshd.client", "ControlError"),
+    "Config": ("meshd.config", "Config"),
+    "load_config": ("meshd.config", "load"),
+    "BadSignatureError": ("meshd.errors", "BadSignatureError"),
+    "CertificateExpiredError": ("meshd.errors", "CertificateExpiredError"),
+    "CertificateNotYetValidError": ("meshd.errors", "CertificateNotYetValidError"),
+    "ConfigError": ("meshd.errors", "ConfigError"),
+    "GrantViolationError": ("meshd.errors", "GrantViolationError"),
+    "KeyFileError": ("meshd.errors", "KeyFileError"),
+    "LimitError": ("meshd.errors", "LimitError"),
+    "LocalError": ("meshd.errors", "LocalError"),
+    "MeshdError": ("meshd.errors", "MeshdError"),
+    "RateLimitedError": ("meshd.errors", "RateLimitedError"),
+    "RemoteError": ("meshd.errors", "RemoteError"),
+    "RevokedError": ("meshd.errors", "RevokedError"),
+    "StaleError": ("meshd.errors", "StaleError"),
+    "TooLargeError": ("meshd.errors", "TooLargeError"),
+    "UnknownCAError": ("meshd.errors", "UnknownCAError"),
+    "UnsupportedVersionError": ("meshd.errors", "UnsupportedVersionError"),
+    "UsageError": ("meshd.errors", "UsageError"),
+    "VerificationError": ("meshd.errors", "VerificationError"),
+    "WireError": ("meshd.errors", "WireError"),
+    "WrongOriginError": ("meshd.errors", "WrongOriginError"),
+    "EventsLost": ("meshd.events", "EventsLost"),
+    "Member": ("meshd.events", "Member"),
+    "MemberAlive": ("meshd.events", "MemberAlive"),
+    "MemberDied": ("meshd.events", "MemberDied"),
+    "MemberEvent": ("meshd.events", "MemberEvent"),
+    "MemberJoined": ("meshd.events", "MemberJoined"),
+    "MemberLeft": ("meshd.events", "MemberLeft"),
+    "MemberReaped": ("meshd.events", "MemberReaped"),
+    "MemberSuspected": ("meshd.events", "MemberSuspected"),
+    "MemberTagsChanged": ("meshd.events", "MemberTagsChanged"),
+    "Node": ("meshd.node", "Node"),
+}
 
 __version__ = "0.1.0"
 
@@ -83,3 +88,13 @@ __all__ = [
     "WireError",
     "WrongOriginError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'meshd' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value

@@ -1,5 +1,5 @@
 """`python -m meshd` is the `meshd` command."""
 
-from meshd.cli import main
+from meshd.entry import main
 
 raise SystemExit(main())

@@ -4,8 +4,9 @@
 failure raises from here, before anything runs), then opens one TaskGroup
 that owns every task:
 
-    gossip.timer   sleeps until the engine's deadline or a kick, runs
-                   `handle_timer`, then flushes datagrams, events and syncs
+    gossip.timer   owns the one `loop.call_at` handle set to the engine's
+                   deadline (re-armed only when the deadline moves), as in
+                   aioquic; cancelling the task cancels the handle
     gossip.udp     owns the UDP endpoint on `[gossip] listen`
     sync.server    push-pull over TCP on the same address (one task per
                    connection, `sync.conn`, bounded); outgoing syncs run as
@@ -14,8 +15,11 @@ that owns every task:
     metrics        Prometheus text on `[metrics] listen`, if configured
     state          writes the last version and tags to `state_dir` off the loop
 
-Receive paths only feed the engine and kick the timer, so a burst of
-datagrams costs one flush. The engine catches what peers get wrong; the
+Every input (a datagram, a sync frame, a command) is handled where it
+arrives: feed the engine, flush what it queued, re-arm the timer. An idle
+node therefore wakes only for its own probes and the datagrams it gets; on
+a small VM each asyncio wake-up costs ~0.2 ms of CPU, so wake-ups, not
+Python work, set the idle CPU figure. The engine catches what peers get wrong; the
 shell catches what sockets and sessions raise, per peer, counts it in
 `meshd_dropped_total` and logs at DEBUG: a peer can cost a counter, never a
 task. On `stop` the node publishes its signed `left` record, pushes it, waits
@@ -245,7 +249,7 @@ class Agent:
         self._syncs_out = 0
         self._started = 0.0
         self._state_dir = config.state_dir
-        self._kick = asyncio.Event()          # wakes the timer: something to flush
+        self._timer_handle: asyncio.TimerHandle | None = None
         self._state_kick = asyncio.Event()    # wakes the state writer
         self._save_lock = asyncio.Lock()
         self._udp_closed: asyncio.Future[None] | None = None
@@ -270,7 +274,7 @@ class Agent:
         merged = merge_tags(engine.info.tags, tags, unset)
         if merged != dict(engine.info.tags):
             engine.set_tags(merged, asyncio.get_running_loop().time(), wall_ms())
-            self._kick.set()
+            self._wake()
             await self._save_state()
         return MappingProxyType(merged)
 
@@ -278,7 +282,7 @@ class Agent:
         """Say hello to more seeds (the cluster is joined once one answers)."""
         engine = self._running()
         engine.join([seed.sockaddr for seed in seeds], asyncio.get_running_loop().time(), wall_ms())
-        self._kick.set()
+        self._wake()
 
     def status(self) -> dict[str, Any]:
         engine = self._running()
@@ -348,7 +352,7 @@ class Agent:
                 group.create_task(self._state_writer(), name="state")
                 for name, listener, server in servers:
                     group.create_task(listener.serve(server, group), name=name)
-                self._kick.set()
+                self._wake()
                 log.info("agent ready name=%s id=%s listen=%s profile=%s seeds=%d",
                          self.config.name, self._members[0].id, self.config.gossip.listen,
                          self.config.gossip.profile, len(self.config.gossip.seeds))
@@ -359,6 +363,8 @@ class Agent:
                 raise _Shutdown()
         except* _Shutdown:
             pass
+        finally:
+            self._group = None   # late datagrams and commands now find the agent stopped
 
     async def _bind(self, stack: contextlib.AsyncExitStack
                     ) -> list[tuple[str, serve.Listener, asyncio.Server]]:
@@ -427,22 +433,39 @@ class Agent:
     # --- tasks ----------------------------------------------------------------------
 
     async def _timer(self) -> None:
-        """The one timer: sleep until the engine's deadline or a kick, then do what is due."""
-        engine = self._running()
+        """Owns the timer handle: it lives exactly as long as this task."""
+        try:
+            self._arm()
+            await asyncio.get_running_loop().create_future()   # until cancelled
+        finally:
+            if self._timer_handle is not None:
+                self._timer_handle.cancel()
+                self._timer_handle = None
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
         loop = asyncio.get_running_loop()
-        while True:
-            deadline = engine.next_deadline()
-            if deadline > loop.time() and not self._kick.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(deadline if math.isfinite(deadline) else None):
-                        await self._kick.wait()
-            else:
-                await asyncio.sleep(0)  # due already: still let the other tasks run
-            self._kick.clear()
-            now, now_ms = loop.time(), wall_ms()
-            if engine.next_deadline() <= now:
-                engine.handle_timer(now, now_ms)
-            self._flush(now_ms)
+        engine = self._running()
+        if engine.next_deadline() <= loop.time():
+            engine.handle_timer(loop.time(), wall_ms())
+        self._wake()
+
+    def _wake(self) -> None:
+        """After any input: send and publish what the engine queued, then re-arm."""
+        self._flush(wall_ms())
+        self._arm()
+
+    def _arm(self) -> None:
+        """Point the one timer handle at the engine's deadline, if it moved."""
+        deadline = self._running().next_deadline()
+        handle = self._timer_handle
+        if handle is not None and handle.when() == deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+            self._timer_handle = None
+        if math.isfinite(deadline):
+            self._timer_handle = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
     async def _udp_lifetime(self) -> None:
         """Owns the UDP endpoint: a socket that dies under us ends the agent."""
@@ -472,12 +495,13 @@ class Agent:
     # --- receiving and flushing -------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        """From the UDP protocol: feed the engine, kick the timer to flush."""
+        """From the UDP protocol: feed the engine and answer at once (no extra wake-up)."""
         try:
             self._loaded().receive_datagram(data, addr, asyncio.get_running_loop().time(), wall_ms())
         except Exception as exc:  # the engine drops bad input itself; this is a last guard
             self.drop("internal", exc)
-        self._kick.set()
+        if self._group is not None:
+            self._wake()
 
     def _flush(self, now_ms: int) -> None:
         """Send what the engine queued, publish its events, start the syncs it asks for."""
@@ -614,7 +638,7 @@ class Agent:
         await writer.drain()
         while not session.done:
             replies = session.receive(await self._read_frame(reader))
-            self._kick.set()
+            self._wake()
             self._write_frames(writer, replies)
             await writer.drain()
 

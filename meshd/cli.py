@@ -27,7 +27,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import nacl.signing
 
-from meshd import __version__, config, identity, keyfiles, wire
+from meshd import __version__, config, demo, identity, keyfiles, wire
 from meshd.agent import Agent
 from meshd.client import Client
 from meshd.errors import MeshdError, UsageError
@@ -535,6 +535,18 @@ def cmd_join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- meshd demo ----------------------------------------------------------------
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    """The demo takes no options: it builds everything it needs in a temporary folder."""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build a small mesh on this machine, show it working, clean up."""
+    return demo.run()
+
+
 # --- the command table ---------------------------------------------------------
 
 GROUPS: dict[tuple[str, ...], str] = {
@@ -557,6 +569,7 @@ COMMANDS: list[Command] = [
     Command(("tags", "unset"), "remove tags from this node", _tags_unset_args, cmd_tags_unset),
     Command(("watch",), "print membership events as they happen", _client_args, cmd_watch),
     Command(("join",), "join a cluster through more seeds", _join_args, cmd_join),
+    Command(("demo",), "run a small local mesh and show it working", _demo_args, cmd_demo),
 ]
 
 

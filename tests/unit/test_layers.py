@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "meshd.client": 8,        # the control socket's client, for the CLI
     "meshd.cli": 9,
     "meshd.demo": 9,          # drives `meshd` commands, beside the CLI
+    "meshd.entry": 10,        # the console script's door
     "meshd.__main__": 10,
     "meshd": 9,               # the public surface re-exports from every layer
 }
