@@ -27,9 +27,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import nacl.signing
 
-from meshd import __version__, config, demo, identity, keyfiles, wire
+from meshd import __version__, config, identity, keyfiles, wire
 from meshd.agent import Agent
-from meshd.client import Client
 from meshd.errors import MeshdError, UsageError
 from meshd.identity import Certificate, Cluster, IPNetwork, Revocation
 
@@ -423,6 +422,14 @@ def _json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def _client(path: Path) -> Any:
+    """The control client, imported here: the daemon (`meshd agent`) never needs
+    the HTTP client stack, and every host runs the daemon."""
+    from meshd.client import Client
+
+    return Client(path)
+
+
 def _client_args(parser: argparse.ArgumentParser) -> None:
     _socket_arg(parser)
     _json_arg(parser)
@@ -450,7 +457,7 @@ MEMBER_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
 
 def cmd_members(args: argparse.Namespace) -> int:
     """List every member the agent knows, itself included."""
-    members = Client(args.socket).members()
+    members = _client(args.socket).members()
     print(json.dumps(members, indent=2) if args.json else _table(MEMBER_COLUMNS, members))
     return EXIT_OK
 
@@ -461,7 +468,7 @@ def _inline(value: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show this node: identity, addresses, member counts, traffic, drops."""
-    status = Client(args.socket).status()
+    status = _client(args.socket).status()
     print(json.dumps(status, indent=2) if args.json
           else _render({key: _inline(value) for key, value in status.items()}))
     return EXIT_OK
@@ -498,12 +505,12 @@ def _print_tags(tags: dict[str, str], as_json: bool) -> int:
 
 def cmd_tags_set(args: argparse.Namespace) -> int:
     """Set tags on this node (a newer signed node record, gossiped at once)."""
-    return _print_tags(Client(args.socket).set_tags(parse_tags(args.pairs)), args.json)
+    return _print_tags(_client(args.socket).set_tags(parse_tags(args.pairs)), args.json)
 
 
 def cmd_tags_unset(args: argparse.Namespace) -> int:
     """Remove tags from this node."""
-    return _print_tags(Client(args.socket).set_tags({}, args.keys), args.json)
+    return _print_tags(_client(args.socket).set_tags({}, args.keys), args.json)
 
 
 def _event_line(event: dict[str, Any]) -> str:
@@ -518,7 +525,7 @@ def _event_line(event: dict[str, Any]) -> str:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print membership events as this node learns them, until the agent stops."""
-    for event in Client(args.socket).watch():
+    for event in _client(args.socket).watch():
         print(json.dumps(event) if args.json else _event_line(event), flush=True)
     return EXIT_OK
 
@@ -530,7 +537,7 @@ def _join_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_join(args: argparse.Namespace) -> int:
     """Ask a running agent to join a cluster through more seeds."""
-    seeds = Client(args.socket).join(args.seeds)
+    seeds = _client(args.socket).join(args.seeds)
     print(f"hello sent to {', '.join(seeds)}")
     return EXIT_OK
 
@@ -544,6 +551,8 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build a small mesh on this machine, show it working, clean up."""
+    from meshd import demo   # process and temp-dir tooling the daemon never loads
+
     return demo.run()
 
 
