@@ -5,21 +5,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iputils-ping python3-venv
-BENCH_APT_PACKAGES := serf dnsmasq
+BENCH_APT_PACKAGES := serf
 
 .PHONY: all deps sysdeps venv test demo bench clean
 
 all: test
 
 # Install only the apt packages that are missing, so a warm machine does nothing.
-sysdeps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+sysdeps:
+	$(call apt_install,$(APT_PACKAGES))
 
 $(VENV)/.stamp-deps: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) sysdeps
@@ -39,15 +43,11 @@ demo: deps
 	$(VENV)/bin/meshd demo
 
 bench: deps
-	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(BENCH_APT_PACKAGES))
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) bench/crypto_wire.py
-	$(PY) bench/sim_scale.py
+	$(PY) bench/crypto_wire.py --out bench/RESULTS.md
+	$(PY) bench/sim_scale.py --out bench/RESULTS.md
+	$(PY) bench/vs_peers.py --n 10,25,50,100 --reps 2 --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis

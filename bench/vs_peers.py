@@ -265,7 +265,7 @@ def _cpu_all(pids: Sequence[int]) -> list[float]:
 
 
 async def idle_cpu(pids: Sequence[int], window_s: float) -> float:
-    """Mean CPU % of one core per agent over the window, from utime+stime. /proc reads run
+    """Mean CPU % of one core per agent over the window (schedstat, all threads). /proc reads run
     in a thread so the event loop never waits on them."""
     before, t0 = await asyncio.to_thread(_cpu_all, pids), time.monotonic()
     await asyncio.sleep(window_s)
