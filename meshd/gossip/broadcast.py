@@ -36,6 +36,10 @@ class BroadcastQueue:
         self._items: dict[Hashable, _Item] = {}
         self._seq = 0
         self.dropped = 0
+        # Best first, a snapshot: a push-pull merging hundreds of records into a full queue
+        # evicts from one sort instead of scanning the queue per record. `take` changes
+        # ranks, so it clears it; items pushed since are freshest, never the worst.
+        self._eviction_order: list[_Item] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -45,9 +49,18 @@ class BroadcastQueue:
         self._seq += 1
         self._items[subject] = _Item(subject, payload, size, [0, -self._seq])
         if len(self._items) > self.max_items:
-            worst = max(self._items.values(), key=_RANK)
-            del self._items[worst.subject]
-            self.dropped += 1
+            self._evict_worst()
+
+    def _evict_worst(self) -> None:
+        """Drop the most-sent, then oldest, update."""
+        while True:
+            if not self._eviction_order:
+                self._eviction_order = sorted(self._items.values(), key=_RANK)
+            worst = self._eviction_order.pop()
+            if self._items.get(worst.subject) is worst:   # not replaced or taken out since
+                del self._items[worst.subject]
+                self.dropped += 1
+                return
 
     def discard(self, subject: Hashable) -> None:
         self._items.pop(subject, None)
@@ -55,6 +68,7 @@ class BroadcastQueue:
     def take(self, budget: int, limit: int) -> list[Any]:
         """Payloads that fit in `budget` bytes, freshest first; each counts one transmit."""
         chosen = []
+        self._eviction_order = []
         for item in sorted(self._items.values(), key=_RANK):
             if item.size > budget:
                 continue

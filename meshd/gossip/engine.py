@@ -63,10 +63,14 @@ MAX_EVENTS = 10_000
 MAX_OUTBOX = 4_096
 MAX_PENDING_SYNCS = 64
 MAX_NONCES = 10_000
+CATCH_UP_S = 1.0
 HELLO_RATE_PER_S = 20.0
 HELLO_BURST = 40.0
 ENVELOPE_OVERHEAD = 64 + MAC_BYTES
 LIVE_STATES = (ALIVE, SUSPECT)
+# Expected members that, on first hearing a claim, also send it to its subject: its
+# refutation must not hinge on gossip luck when queues are busy (many suspicions at once).
+SUSPECT_TOLD_BY = 16
 PIGGYBACK_BUDGET = wire.MAX_DATAGRAM_BYTES - ENVELOPE_OVERHEAD - 32
 
 
@@ -185,6 +189,9 @@ class Gossip:
         self.stats = Stats()
         self.members: dict[bytes, Member] = {}
         self._live_members = 0          # members alive or suspect (see alive_count)
+        # Members that got a suspicion, in order; pruned lazily. Timers read this, not every
+        # member: the shell asks for next_deadline after each datagram.
+        self._suspects: dict[bytes, None] = {}
         self.awareness = 0
         self._broadcasts = BroadcastQueue()
         self._outbox: collections.deque[tuple[bytes, Address]] = collections.deque()
@@ -202,6 +209,7 @@ class Gossip:
         self._seeds: list[Address] = []
         self._hellos: dict[bytes, float] = {}
         self._join_at: float | None = None
+        self._catch_up_at = 0.0
         self._joined = False
         self._nonces: dict[bytes, float] = {}
         self._buckets: dict[str, _TokenBucket] = {}
@@ -264,7 +272,7 @@ class Gossip:
     def next_deadline(self) -> float:
         """When `handle_timer` next has work; `math.inf` when never (a node that left)."""
         deadlines = [p.deadline for p in self._probes.values()]
-        deadlines.extend(m.suspicion.deadline for m in self.members.values() if m.suspicion)
+        deadlines.extend(m.suspicion.deadline for m in self._suspected() if m.suspicion)
         if self.left:   # only pending probes and suspicions still run out (see handle_timer)
             return min(deadlines, default=math.inf)
         deadlines += [self._probe_at, self._push_pull_at, self._collect_at]
@@ -280,9 +288,10 @@ class Gossip:
         for number, probe in list(self._probes.items()):
             if probe.deadline <= now:
                 self._probe_expired(number, probe)
-        for member in list(self.members.values()):
+        for member in self._suspected():
             if member.suspicion and member.suspicion.deadline <= now:
                 self._declare_dead(member)
+        self._suspects = {m.node_id: None for m in self._suspected() if m.suspicion}
         if self.left:
             return
         if self._probe_at <= now:
@@ -322,6 +331,11 @@ class Gossip:
 
     def members_view(self) -> list[Member]:
         return list(self.members.values())
+
+    @property
+    def queued_broadcasts(self) -> int:
+        """Updates waiting to be piggybacked (memberlist's queue.broadcasts metric)."""
+        return len(self._broadcasts)
 
     @property
     def alive_count(self) -> int:
@@ -459,7 +473,8 @@ class Gossip:
         sender = self._by_address.get(addr)
         member = self.members.get(sender) if sender is not None else None
         if member is None:
-            raise _UnknownSender(f"datagram from {addr[0]}:{addr[1]}, no member's address")
+            self._from_stranger(msg, addr)
+            return
         self.auth.open(member.node_id, data)
         f = Fields(msg.body, msg.type.name.lower())
         self.auth.accept_seq(member.node_id, f.int("s"))
@@ -470,6 +485,36 @@ class Gossip:
         if handler is None:
             raise WireError(f"{msg.type.name} is not a datagram message")
         handler(self, member, f, addr)
+
+    def _from_stranger(self, msg: wire.Datagram, addr: Address) -> None:
+        """A datagram from an address no member of ours advertises (yet).
+
+        In a join storm a member often hears of us before we hear of it, and its
+        eager pushes would be lost. Without a known sender the MAC cannot be
+        checked, so only what is signed on its own counts: the records it
+        carries, each verified at its origin, rate-limited per source like
+        hellos. Probes and claims from strangers are still dropped.
+        """
+        self.stats.dropped[_UnknownSender.reason] += 1
+        self._catch_up()
+        self._rate_limit(addr[0])
+        items = Fields(msg.body, msg.type.name.lower()).list(
+            "p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
+        records = [item[1] for item in items or ()
+                   if isinstance(item, list) and len(item) == 2 and item[0] == ITEM_RECORD]
+        if records:
+            self._merge(records, eager=True)
+
+    def _catch_up(self) -> None:
+        """Someone knows of us whom we do not know: our table lags (we missed part of a
+        join storm). A push-pull with a random member fetches the rest in one round trip
+        instead of waiting for piggybacked retransmits; at most one per `CATCH_UP_S`."""
+        if self._now < self._catch_up_at or len(self._syncs) >= MAX_PENDING_SYNCS:
+            return
+        self._catch_up_at = self._now + CATCH_UP_S
+        for member in self._random_members(1):
+            assert member.address is not None
+            self._syncs.append((member.node_id, member.address))
 
     def _on_items(self, items: list[Any]) -> None:
         records = []
@@ -540,6 +585,10 @@ class Gossip:
         if info.left and member.state != LEFT:
             member.suspicion = None
             self._set_state(member, LEFT, MemberLeft)
+
+    def _suspected(self) -> list[Member]:
+        """Members that may hold a suspicion (some ended since: check `member.suspicion`)."""
+        return [m for m in map(self.members.get, self._suspects) if m is not None]
 
     def _set_state(self, member: Member, state: str, event: type[MemberEvent]) -> None:
         self._live_members += (state in LIVE_STATES) - (member.state in LIVE_STATES)
@@ -698,8 +747,9 @@ class Gossip:
         if claimant is None:
             raise _UnknownSender("claim from a node we hold no record of")
         if claim.subject == self.node_id:
-            verify(claim.claimant, Domain.CLAIM, claim.signed)
-            self._refute(claim)
+            if claim.incarnation == self._own_version():   # else outbid, or about no record of ours
+                verify(claim.claimant, Domain.CLAIM, claim.signed)
+                self._refute()
             return
         subject = self.members.get(claim.subject)
         # Only a claim about the record we hold counts: one about a version we never saw
@@ -714,7 +764,8 @@ class Gossip:
         verify(claim.claimant, Domain.CLAIM, claim.signed)
         fresh = suspicion is None
         if self._apply_claim(claim):
-            self._spread_claim(claim)
+            tell = fresh and self.rng.random() < SUSPECT_TOLD_BY / max(1, self.alive_count - 2)
+            self._spread_claim(claim, direct_to=subject if tell else None)
         if fresh and self.rng.random() < self.tuning.verify_probes / max(1, self.alive_count - 2):
             self._start_probe(subject, verify=True)
 
@@ -727,6 +778,7 @@ class Gossip:
         min_s = min(tuning.suspicion_min_s, max_s)
         if subject.suspicion is None:
             subject.suspicion = Suspicion(claim.incarnation, self._now, set(), self._now + max_s, {})
+            self._suspects[subject.node_id] = None
             self._set_state(subject, SUSPECT, MemberSuspected)
         suspicion = subject.suspicion
         if claim.claimant in suspicion.claimants:
@@ -740,10 +792,8 @@ class Gossip:
         suspicion.deadline = self._now + max(0.0, remaining)
         return len(suspicion.claimants) <= tuning.confirmations + 2
 
-    def _refute(self, claim: Claim) -> None:
+    def _refute(self) -> None:
         """Someone thinks we are unreachable: outbid the claim with a newer record."""
-        if claim.incarnation != self._own_version():   # outbid already, or about no record of ours
-            return
         self.awareness = min(self.tuning.awareness_max, self.awareness + 1)
         self._publish_self(self.info)
 

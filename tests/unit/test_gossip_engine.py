@@ -320,3 +320,18 @@ def test_a_restarted_node_outbids_rumours_of_its_death(trio: Router) -> None:
     trio.flush()
     trio.advance(2.0)
     assert trio.state(0, 2) == ALIVE and trio.state(1, 2) == ALIVE
+
+
+def test_signed_records_from_a_stranger_still_get_in() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    known, stranger = router.engines
+    stranger._merge([known.table.node(known.node_id).to_wire()], eager=False)
+    stranger.datagrams_to_send()
+    own = stranger.table.node(stranger.node_id)
+    stranger._send(stranger.members[known.node_id], MsgType.GOSSIP, {},
+                   [[0, own.to_wire()]])
+    ((data, _),) = stranger.datagrams_to_send()
+    known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert known.stats.dropped["unknown_sender"] == 1
+    assert stranger.node_id in known.members       # its signed record got in
