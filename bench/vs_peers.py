@@ -60,9 +60,10 @@ SEED = 1
 #: Agent 2 publishes the update: a non-seed node, so the seed's central position is no help.
 UPDATE_ORIGIN = 2
 TAG_KEY = "bench"
-#: After convergence the join's rumours are still being retransmitted for a few gossip
-#: rounds; waiting this long first makes the idle window measure steady state.
-SETTLE_S = 5.0
+#: After convergence the join's rumours are still being retransmitted (meshd's node records
+#: carry their certificates, so at N=100 its retransmits drain for ~20 s); waiting this
+#: long, the same for every system, makes the idle window measure steady state.
+SETTLE_S = 25.0
 #: Pause between poll rounds, which bounds the timing resolution (plus one round's duration).
 POLL_INTERVAL_S = 0.2
 #: Starting N processes (N Python interpreters for kinship) on two cores takes a while.

@@ -550,10 +550,11 @@ class Gossip:
             if change.old is not None and change.old.kind == KIND_NODE:
                 self._forget(change.old.origin)
             return
+        # What push-pull brought is old news to the cluster (anti-entropy repairs, it
+        # does not disseminate): re-gossiping a joiner's whole table would cost every
+        # node N records times the retransmit limit.
         if eager:
             self._spread_record(new, fanout)
-        else:
-            self._broadcasts.push(new.ident, [ITEM_RECORD, new.to_wire()], new.wire_size() + 4)
         if new.kind == KIND_NODE and isinstance(new.info, NodeInfo):
             self._on_node_record(new, new.info)
 

@@ -63,7 +63,9 @@ class Router:
                                                          self.wall_ms)
                 for peer, addr in engine.syncs_to_start():
                     moved = True
-                    self.sync(i, self.index[addr], peer)
+                    j = self.index[addr]
+                    if not (self.drop(i, j, b"") or self.drop(j, i, b"")):  # a stream needs both ways
+                        self.sync(i, j, peer)
             if not moved:
                 return
 
