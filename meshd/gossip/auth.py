@@ -4,8 +4,9 @@ Probes are too frequent to Ed25519-sign. Without a WireGuard tunnel to vouch
 for the sender, each datagram instead ends in a 16-byte BLAKE2b MAC keyed by
 an X25519 secret both nodes derive from their static identity keys, plus a
 sequence number checked against a sliding replay window (as WireGuard does).
-A sender's sequence numbers start above its boot version, which rises across
-restarts, so a restarted node is not mistaken for a replayer.
+A sender keeps one sequence counter per peer, starting above its boot
+version, which rises across restarts, so a restarted node is not mistaken for
+a replayer.
 """
 
 from __future__ import annotations
@@ -57,11 +58,20 @@ class PairwiseAuth:
         self._secret = bytes(key.to_curve25519_private_key())
         self._keys: dict[bytes, bytes] = {}
         self._windows: dict[bytes, ReplayWindow] = {}
-        self._seq = boot_version << SEQ_SHIFT
+        self._first_seq = boot_version << SEQ_SHIFT
+        # One counter per peer, as WireGuard keeps one per session: with a shared counter
+        # a burst to many peers spreads one peer's numbers wider than its replay window,
+        # and two datagrams reordered in flight would look like a replay.
+        self._seqs: dict[bytes, int] = {}
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def next_seq(self, peer: bytes) -> int:
+        seq = self._seqs.get(peer, self._first_seq) + 1
+        if len(self._seqs) >= MAX_PEERS and peer not in self._seqs:
+            self._first_seq = max(self._seqs.values())   # forget peers, never reuse a number
+            self._seqs.clear()
+            seq = self._first_seq + 1
+        self._seqs[peer] = seq
+        return seq
 
     def _key(self, peer: bytes) -> bytes:
         key = self._keys.get(peer)

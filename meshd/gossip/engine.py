@@ -434,7 +434,7 @@ class Gossip:
         addr = address or member.address
         if addr is None:
             return
-        body = dict(body, s=self.auth.next_seq())
+        body = dict(body, s=self.auth.next_seq(member.node_id))
         if items is None:
             limit = retransmit_limit(self.tuning.retransmit_mult, self.alive_count)
             items = self._broadcasts.take(PIGGYBACK_BUDGET, limit)[:MAX_ITEMS_PER_DATAGRAM]
@@ -503,7 +503,9 @@ class Gossip:
         records = [item[1] for item in items or ()
                    if isinstance(item, list) and len(item) == 2 and item[0] == ITEM_RECORD]
         if records:
-            self._merge(records, eager=True)
+            # Not pushed on: we lag, so this is likely old news, and re-flooding what
+            # strangers send multiplies a join storm's traffic.
+            self._merge(records, eager=False)
 
     def _catch_up(self) -> None:
         """Someone knows of us whom we do not know: our table lags (we missed part of a

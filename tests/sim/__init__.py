@@ -1,0 +1,1 @@
+"""Seeded simulations: real gossip engines on virtual time (meshd/sim), bounds in protocol periods."""
