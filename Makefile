@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iputils-ping python3-venv
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iputils-ping curl python3-venv
 BENCH_APT_PACKAGES := serf
 
 .PHONY: all deps sysdeps venv test demo bench clean

@@ -503,9 +503,7 @@ class Gossip:
         records = [item[1] for item in items or ()
                    if isinstance(item, list) and len(item) == 2 and item[0] == ITEM_RECORD]
         if records:
-            # Not pushed on: we lag, so this is likely old news, and re-flooding what
-            # strangers send multiplies a join storm's traffic.
-            self._merge(records, eager=False)
+            self._merge(records, eager=True)
 
     def _catch_up(self) -> None:
         """Someone knows of us whom we do not know: our table lags (we missed part of a

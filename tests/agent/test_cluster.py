@@ -8,7 +8,6 @@ gossip profile so failure detection takes about a second.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -136,7 +135,6 @@ def test_status_and_metrics_report_the_cluster(cluster) -> None:
     assert "# TYPE meshd_dropped_total counter" in text
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_curl_speaks_to_the_control_socket(cluster) -> None:
     _, nodes = cluster
     sock = str(nodes[0].socket)
