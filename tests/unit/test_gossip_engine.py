@@ -240,15 +240,21 @@ def test_a_replayed_datagram_is_dropped(trio: Router) -> None:
 
 
 def test_a_datagram_from_a_stranger_is_dropped_before_any_work() -> None:
+    router, known, stranger = _stranger_pair()
+    data = _sealed_ping(router, 1, 0)
+    known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert known.stats.dropped["unknown_sender"] == 1
+    assert known.datagrams_to_send() == []
+
+
+def _stranger_pair() -> tuple[Router, Gossip, Gossip]:
+    """Two engines where the second knows the first, but not the other way round."""
     _, members = make_cluster(2)
     router = Router(members)
     known, stranger = router.engines
     stranger._merge([known.table.node(known.node_id).to_wire()], eager=False)
     stranger.datagrams_to_send()
-    data = _sealed_ping(router, 1, 0)
-    known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
-    assert known.stats.dropped["unknown_sender"] == 1
-    assert known.datagrams_to_send() == []
+    return router, known, stranger
 
 
 def _hello(router: Router, i: int) -> bytes:
@@ -325,11 +331,7 @@ def test_a_restarted_node_outbids_rumours_of_its_death(trio: Router) -> None:
 
 
 def test_signed_records_from_a_stranger_still_get_in() -> None:
-    _, members = make_cluster(2)
-    router = Router(members)
-    known, stranger = router.engines
-    stranger._merge([known.table.node(known.node_id).to_wire()], eager=False)
-    stranger.datagrams_to_send()
+    router, known, stranger = _stranger_pair()
     own = stranger.table.node(stranger.node_id)
     stranger._send(stranger.members[known.node_id], MsgType.GOSSIP, {},
                    [[0, own.to_wire()]])
