@@ -82,7 +82,10 @@ log = logging.getLogger("meshd.agent")
 
 FRAME_HEADER = struct.Struct(">I")
 SYNC_TIMEOUT_S = 10.0
-MAX_SYNCS_IN = 8
+# Inbound push-pulls at once: a join storm sends every joiner to its seed together.
+MAX_SYNCS_IN = 32
+# An opening SYNC_HASH is a hash and a few claims; bigger frames need a verified peer.
+MAX_OPENING_FRAME_BYTES = 64 * 1024
 MAX_SYNCS_OUT = 4
 MAX_METRICS_CONNECTIONS = 4
 METRICS_MAX_BODY_BYTES = 1024
@@ -637,14 +640,17 @@ class Agent:
         self._write_frames(writer, frames)
         await writer.drain()
         while not session.done:
-            replies = session.receive(await self._read_frame(reader))
+            # Until its first frame's MAC checks out, the peer is anyone who can connect:
+            # it may not make us buffer more than an opening frame needs.
+            limit = wire.MAX_STREAM_FRAME_BYTES if session.peer else MAX_OPENING_FRAME_BYTES
+            replies = session.receive(await self._read_frame(reader, limit))
             self._wake()
             self._write_frames(writer, replies)
             await writer.drain()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
+    async def _read_frame(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
-        if not 0 < size <= wire.MAX_STREAM_FRAME_BYTES:
+        if not 0 < size <= limit:
             raise TooLargeError(f"stream frame of {size} bytes")
         frame = await reader.readexactly(size)
         self._tcp["frames_received"] += 1

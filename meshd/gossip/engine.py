@@ -64,6 +64,23 @@ MAX_OUTBOX = 4_096
 MAX_PENDING_SYNCS = 64
 MAX_NONCES = 10_000
 CATCH_UP_S = 1.0
+# An update is pushed at once only while fewer updates than this wait to be piggybacked
+# (our own always are). A busy queue means many updates at once, a join storm: an eager
+# flood would cost every node fanout datagrams per record, so they go packed in gossip
+# rounds instead and a push-pull (`_catch_up`) fetches the rest in bulk.
+EAGER_QUEUE_LIMIT = 8
+# After a join, push-pulls at these multiples of the probe interval apart, then the
+# profile's interval: a joiner's first sync (with its seed) brings only who joined before
+# it, and in a join storm the rest would otherwise trickle in by piggyback, ~3 records a
+# datagram. The first also retries a join sync the seed refused (too many at once).
+JOIN_SETTLE_GAPS = (0.25, 0.5, 1.0)
+# A probe may go out this fraction of the probe interval early when a datagram has woken
+# us anyway: one wake-up instead of two, at the same probe rate (the schedule keeps its
+# phase). An idle node's CPU is its wake-ups (see meshd/agent.py).
+PROBE_EARLY = 0.5
+# Bytes of the table hash a ping carries once per push-pull interval: a peer whose table
+# differs opens the push-pull; equal tables cost these bytes and no stream at all.
+HASH_CHECK_BYTES = 16
 HELLO_RATE_PER_S = 20.0
 HELLO_BURST = 40.0
 ENVELOPE_OVERHEAD = 64 + MAC_BYTES
@@ -210,6 +227,8 @@ class Gossip:
         self._hellos: dict[bytes, float] = {}
         self._join_at: float | None = None
         self._catch_up_at = 0.0
+        self._settle_gaps: list[float] = []
+        self._hash_check = False
         self._joined = False
         self._nonces: dict[bytes, float] = {}
         self._buckets: dict[str, _TokenBucket] = {}
@@ -294,15 +313,15 @@ class Gossip:
         self._suspects = {m.node_id: None for m in self._suspected() if m.suspicion}
         if self.left:
             return
-        if self._probe_at <= now:
-            self._probe_next()
-            self._probe_at = now + scaled_timeout(self.tuning.probe_interval_s, self.awareness)
+        self._probe_if_due(0.0)
         if self._gossip_at <= now:
             self._gossip_round()
             self._gossip_at = now + self.tuning.gossip_interval_s
         if self._push_pull_at <= now:
-            self._push_pull()
-            self._push_pull_at = now + self.tuning.push_pull_interval_s
+            self._push_pull(settling=bool(self._settle_gaps))
+            self._settle_gaps = self._settle_gaps[1:]
+            self._push_pull_at = now + (self._settle_gaps[0] if self._settle_gaps
+                                        else self.tuning.push_pull_interval_s)
         if self._join_at is not None and self._join_at <= now:
             self._send_hellos()
         if self._collect_at <= now:
@@ -387,24 +406,31 @@ class Gossip:
         result = self.table.publish(self.key, KIND_NODE, NODE_KEY, info, version, self._wall_ms)
         self._apply_result(result, eager=True, fanout=fanout)
 
-    def _spread_record(self, record: Record, fanout: int | None = None) -> None:
-        item = [ITEM_RECORD, record.to_wire()]
-        self._broadcasts.push(record.ident, item, record.wire_size() + 4)
-        self._eager_push([item], fanout)
+    def _queue_record(self, record: Record) -> tuple[Any, int]:
+        """Queue a record for piggybacking; the item and its size, for an eager push."""
+        item, size = [ITEM_RECORD, record.to_wire()], record.wire_size() + 4
+        self._broadcasts.push(record.ident, item, size)
+        return item, size
 
     def _spread_claim(self, claim: Claim, direct_to: Member | None = None) -> None:
-        item = [ITEM_CLAIM, claim.to_wire()]
-        self._broadcasts.push(("claim", claim.claimant, claim.subject), item,
-                              len(claim.signed.payload) + 80)
-        self._eager_push([item], None, extra=direct_to)
+        item, size = [ITEM_CLAIM, claim.to_wire()], len(claim.signed.payload) + 80
+        self._broadcasts.push(("claim", claim.claimant, claim.subject), item, size)
+        self._eager_push([(item, size)], None, extra=direct_to)
 
-    def _eager_push(self, items: list[Any], fanout: int | None, extra: Member | None = None) -> None:
-        """Send a fresh update to `fanout` random members now, not at the next round."""
+    def _eager_push(self, sized: list[tuple[Any, int]], fanout: int | None,
+                    extra: Member | None = None) -> None:
+        """Send fresh updates to `fanout` random members now, not at the next round.
+
+        All updates one merge brought travel together, as few datagrams as fit: in a
+        join storm a datagram carries several new records, and a push per record would
+        multiply every node's datagrams (and their CPU) by that many.
+        """
         targets = self._random_members(fanout or self.tuning.fanout)
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
-        for member in targets:
-            self._send(member, MsgType.GOSSIP, {}, items)
+        for items in _packed(sized, PIGGYBACK_BUDGET):
+            for member in targets:
+                self._send(member, MsgType.GOSSIP, {}, items)
 
     def _random_members(self, k: int, exclude: Iterable[bytes] = ()) -> list[Member]:
         """k distinct live members, uniformly at random.
@@ -485,6 +511,7 @@ class Gossip:
         if handler is None:
             raise WireError(f"{msg.type.name} is not a datagram message")
         handler(self, member, f, addr)
+        self._probe_if_due(PROBE_EARLY * self.tuning.probe_interval_s)
 
     def _from_stranger(self, msg: wire.Datagram, addr: Address) -> None:
         """A datagram from an address no member of ours advertises (yet).
@@ -505,16 +532,18 @@ class Gossip:
         if records:
             self._merge(records, eager=True)
 
-    def _catch_up(self) -> None:
-        """Someone knows of us whom we do not know: our table lags (we missed part of a
-        join storm). A push-pull with a random member fetches the rest in one round trip
-        instead of waiting for piggybacked retransmits; at most one per `CATCH_UP_S`."""
+    def _catch_up(self, peer: Member | None = None) -> None:
+        """Our table lags: someone knows of us whom we do not know, updates arrive faster
+        than eager pushes may carry them (a join storm), or `peer`'s table hash differs
+        from ours. A push-pull (with `peer`, else a random member) fetches the rest in one
+        round trip instead of waiting for piggybacked retransmits; at most one per
+        `CATCH_UP_S`, whoever asks."""
         if self._now < self._catch_up_at or len(self._syncs) >= MAX_PENDING_SYNCS:
             return
         self._catch_up_at = self._now + CATCH_UP_S
-        for member in self._random_members(1):
-            assert member.address is not None
-            self._syncs.append((member.node_id, member.address))
+        for member in [peer] if peer is not None else self._random_members(1):
+            if member.address is not None:
+                self._syncs.append((member.node_id, member.address))
 
     def _on_items(self, items: list[Any]) -> None:
         records = []
@@ -539,22 +568,27 @@ class Gossip:
         return result
 
     def _apply_result(self, result: MergeResult, eager: bool, fanout: int | None = None) -> None:
+        # What push-pull brought is old news to the cluster (anti-entropy repairs, it
+        # does not disseminate): re-gossiping a joiner's whole table would cost every
+        # node N records times the retransmit limit.
+        news = [change.new for change in result.changes if eager and change.new is not None]
+        quiet = len(self._broadcasts) < EAGER_QUEUE_LIMIT
+        fresh = [self._queue_record(record) for record in news]
+        if fresh and (quiet or any(record.origin == self.node_id for record in news)):
+            self._eager_push(fresh, fanout)
+        elif fresh:
+            self._catch_up()
         for change in result.changes:
-            self._on_change(change, eager, fanout)
+            self._on_change(change)
         if result.changes:
             self._event(RecordsMerged(tuple(result.changes)))
 
-    def _on_change(self, change: Change, eager: bool, fanout: int | None = None) -> None:
+    def _on_change(self, change: Change) -> None:
         new = change.new
         if new is None:
             if change.old is not None and change.old.kind == KIND_NODE:
                 self._forget(change.old.origin)
             return
-        # What push-pull brought is old news to the cluster (anti-entropy repairs, it
-        # does not disseminate): re-gossiping a joiner's whole table would cost every
-        # node N records times the retransmit limit.
-        if eager:
-            self._spread_record(new, fanout)
         if new.kind == KIND_NODE and isinstance(new.info, NodeInfo):
             self._on_node_record(new, new.info)
 
@@ -613,22 +647,31 @@ class Gossip:
 
     # --- probes ------------------------------------------------------------------
 
-    def _probe_next(self) -> None:
-        target = self._next_target()
+    def _probe_if_due(self, early_s: float) -> None:
+        """Probe if the next probe is due within `early_s`; the next one is due an interval
+        after this one was (or after now, if we are late)."""
+        due = self._probe_at
+        if due - early_s > self._now:
+            return
+        due_wall_ms = self._wall_ms + round((due - self._now) * 1000)
+        target = self._next_target(due_wall_ms)
         if target is not None:
             self._start_probe(target, verify=False)
+        self._probe_at = max(due, self._now) + scaled_timeout(self.tuning.probe_interval_s,
+                                                              self.awareness)
 
-    def _next_target(self) -> Member | None:
+    def _next_target(self, due_wall_ms: int) -> Member | None:
         """This round's target: our successor on the ID ring at a shift every node agrees on.
 
-        The shift comes from the wall-clock round number, so within one probe
-        interval every member is probed by exactly one member (views agreeing):
-        a crashed node is found within one interval, not after a random wait.
+        The shift comes from the wall-clock round number (of when the probe was due, so
+        an early probe keeps its round), so within one probe interval every member is
+        probed by exactly one member (views agreeing): a crashed node is found within
+        one interval, not after a random wait.
         """
         n = len(self._ring)
         if n < 2:
             return None
-        round_no = self._wall_ms // int(self.tuning.probe_interval_s * 1000)
+        round_no = due_wall_ms // int(self.tuning.probe_interval_s * 1000)
         digest = hashlib.blake2b(round_no.to_bytes(8, "big"), digest_size=8).digest()
         shift = 1 + int.from_bytes(digest, "big") % (n - 1)
         start = bisect.bisect_left(self._ring, self.node_id)
@@ -645,7 +688,11 @@ class Gossip:
         timeout = scaled_timeout(self.tuning.probe_timeout_s, self.awareness)
         self._probes[self._probe_number] = Probe(target.node_id, self._probe_number,
                                                  self._now + timeout, verify=verify)
-        self._send(target, MsgType.PING, {"n": self._probe_number})
+        body: dict[str, Any] = {"n": self._probe_number}
+        if self._hash_check and not verify:
+            body["h"] = self.table.table_hash[:HASH_CHECK_BYTES]
+            self._hash_check = False
+        self._send(target, MsgType.PING, body)
 
     def _probe_expired(self, number: int, probe: Probe) -> None:
         target = self.members.get(probe.target)
@@ -679,6 +726,9 @@ class Gossip:
 
     def _on_ping(self, member: Member, f: Fields, addr: Address) -> None:
         self._send(member, MsgType.ACK, {"n": f.int("n")}, address=addr)
+        theirs = f.bytes("h", size=HASH_CHECK_BYTES, optional=True)
+        if theirs is not None and theirs != self.table.table_hash[:HASH_CHECK_BYTES]:
+            self._catch_up(member)
 
     def _on_ack(self, member: Member, f: Fields, addr: Address) -> None:
         probe = self._probes.get(f.int("n"))
@@ -818,28 +868,32 @@ class Gossip:
         for member in self._random_members(self.tuning.fanout):
             self._send(member, MsgType.GOSSIP, {})
 
-    def _push_pull(self) -> None:
-        """Anti-entropy with one random live member, or try to reconnect to a dead one."""
+    def _push_pull(self, settling: bool) -> None:
+        """Anti-entropy. Settling after a join: a push-pull with a random member. Else
+        the next probe carries our table hash (the target opens a push-pull if its table
+        differs), or, half the time while some members are dead, a push-pull to a dead
+        one (it may be back: how a healed partition finds out)."""
         dead = [m for m in self.members.values() if m.state == DEAD and m.address]
-        live = self._random_members(1)
-        if dead and (not live or self.rng.random() < 0.5):
-            target = self.rng.choice(dead)
-        elif live:
-            target = live[0]
+        if settling:
+            targets = self._random_members(1)
+        elif dead and self.rng.random() < 0.5:
+            targets = [self.rng.choice(dead)]
         else:
+            self._hash_check = True
             return
-        if len(self._syncs) < MAX_PENDING_SYNCS and target.address is not None:
-            self._syncs.append((target.node_id, target.address))
+        for target in targets:
+            if len(self._syncs) < MAX_PENDING_SYNCS and target.address is not None:
+                self._syncs.append((target.node_id, target.address))
 
     def _collect(self) -> None:
         """Reap members dead or gone for `reap_s`, then let the table drop old tombstones."""
         for member in list(self.members.values()):
             if member.state in (DEAD, LEFT) and self._now - member.since > self.tuning.reap_s:
                 for change in self.table.drop_origin(member.node_id, self._wall_ms):
-                    self._on_change(change, eager=False)
+                    self._on_change(change)
                 self._forget(member.node_id)
         for change in self.table.collect(self._wall_ms):
-            self._on_change(change, eager=False)
+            self._on_change(change)
         horizon = self._now - 2 * self.tuning.hello_skew_s
         self._nonces = {n: t for n, t in self._nonces.items() if t > horizon}
 
@@ -904,6 +958,8 @@ class Gossip:
             member = self.members.get(msg.sender)
             if member is not None and member.address is not None:
                 self._syncs.append((msg.sender, member.address))
+            self._settle_gaps = [gap * self.tuning.probe_interval_s for gap in JOIN_SETTLE_GAPS]
+            self._push_pull_at = self._now + self._settle_gaps[0]
 
     def _rate_limit(self, source: str) -> None:
         bucket = self._buckets.get(source)
@@ -916,6 +972,21 @@ class Gossip:
         if bucket.tokens < 1:
             raise RateLimitedError(f"too many hellos from {source}")
         bucket.tokens -= 1
+
+
+def _packed(sized: list[tuple[Any, int]], budget: int) -> Iterable[list[Any]]:
+    """Items grouped in order into lists of at most `budget` bytes and
+    `MAX_ITEMS_PER_DATAGRAM` items (an item larger than the budget goes alone)."""
+    group: list[Any] = []
+    room = budget
+    for item, size in sized:
+        if group and (size > room or len(group) == MAX_ITEMS_PER_DATAGRAM):
+            yield group
+            group, room = [], budget
+        group.append(item)
+        room -= size
+    if group:
+        yield group
 
 
 def _reachable(member: Member) -> bool:

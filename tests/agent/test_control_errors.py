@@ -109,3 +109,21 @@ def test_stale_socket_of_a_crashed_agent_is_replaced(tmp_path: Path) -> None:
     finally:
         cluster.stop_all()
 
+
+
+def test_an_unauthenticated_stream_may_not_announce_a_big_frame(tmp_path: Path) -> None:
+    """Before its first frame's MAC checks out a push-pull peer is anyone: a frame header
+    announcing more than an opening frame needs is refused, not buffered."""
+    cluster = Cluster(tmp_path, [IP])
+    node = cluster.node(1)
+    try:
+        cluster.start(node)
+        wait_for("the agent to answer", lambda: meshd("status", "--socket", node.socket)
+                 .returncode == 0)
+        with socket.create_connection((IP, node.port), timeout=5) as stream:
+            stream.sendall((1 << 20).to_bytes(4, "big") + b"x" * 1024)
+            assert stream.recv(1) == b""           # closed on us, nothing answered
+        wait_for("the refusal to be counted", lambda: Client(node.socket).status()
+                 ["dropped"].get("too_large") == 1)
+    finally:
+        cluster.stop_all()

@@ -13,7 +13,9 @@ from typing import Callable
 import pytest
 
 from meshd import wire
-from meshd.gossip.engine import CLAIM_DEAD, CLAIM_SUSPECT, Claim, Gossip, parse_address
+from meshd.gossip.engine import (
+    CLAIM_DEAD, CLAIM_SUSPECT, EAGER_QUEUE_LIMIT, Claim, Gossip, parse_address,
+)
 from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
@@ -229,11 +231,15 @@ def test_a_flipped_bit_fails_the_mac_and_is_counted(trio: Router) -> None:
     assert trio.engines[1].datagrams_to_send() == []
 
 
+def _types(datagrams: list[tuple[bytes, tuple[str, int]]]) -> list[MsgType]:
+    return [wire.decode_datagram_prefix(data)[0].type for data, _ in datagrams]
+
+
 def test_a_replayed_datagram_is_dropped(trio: Router) -> None:
     data = _sealed_ping(trio, 0, 1)
     receiver = trio.engines[1]
     receiver.receive_datagram(data, trio.address(0), trio.now, trio.wall_ms)
-    assert len(receiver.datagrams_to_send()) == 1
+    assert _types(receiver.datagrams_to_send()).count(MsgType.ACK) == 1
     receiver.receive_datagram(data, trio.address(0), trio.now, trio.wall_ms)
     assert receiver.datagrams_to_send() == []
     assert receiver.stats.dropped["stale_version"] == 1
@@ -339,3 +345,100 @@ def test_signed_records_from_a_stranger_still_get_in() -> None:
     known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
     assert known.stats.dropped["unknown_sender"] == 1
     assert stranger.node_id in known.members       # its signed record got in
+
+
+# --- dissemination under load, anti-entropy, wake-ups ------------------------------------
+
+
+def _gossip_to(router: Router, i: int) -> list[bytes]:
+    """Datagrams engine `i` has queued, GOSSIP ones only (probes may go out beside them)."""
+    return [data for data, _ in router.engines[i].datagrams_to_send()
+            if wire.decode_datagram_prefix(data)[0].type == MsgType.GOSSIP]
+
+
+def _tag_updates(members: list[Member], version: int) -> list[list[object]]:
+    return [m.node_record(version, wall_ms=WALL_MS, tags={"v": str(version)}) for m in members]
+
+
+def test_updates_one_merge_brings_are_pushed_together() -> None:
+    _, members = make_cluster(8)
+    router = Router(members)
+    router.join_all()
+    receiver = router.engines[0]
+    receiver.datagrams_to_send()
+    receiver._merge(_tag_updates(members[1:3], 10**13), eager=True)   # two fit a datagram
+    pushed = _gossip_to(router, 0)
+    assert len(pushed) == receiver.tuning.fanout          # not one push per record
+    assert all(len(wire.decode_datagram_prefix(d)[0].body["p"]) == 2 for d in pushed)
+
+
+def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
+    _, members = make_cluster(12)
+    router = Router(members)
+    router.join_all()
+    receiver = router.engines[0]
+    receiver._merge(_tag_updates(members[1:1 + EAGER_QUEUE_LIMIT], 10**13), eager=True)
+    receiver.datagrams_to_send()
+    receiver.syncs_to_start()
+    receiver._catch_up_at = 0.0
+    receiver._merge(_tag_updates(members[10:11], 10**13), eager=True)
+    assert _gossip_to(router, 0) == []
+    assert len(receiver.syncs_to_start()) == 1
+    own = receiver.table.node(receiver.node_id)
+    receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
+    assert len(_gossip_to(router, 0)) == receiver.tuning.fanout
+    assert receiver.table.node(receiver.node_id).version > own.version
+
+
+def test_periodic_anti_entropy_is_a_hash_on_a_ping_and_a_stream_only_if_tables_differ(
+        trio: Router, monkeypatch: pytest.MonkeyPatch) -> None:
+    trio.advance(2.0)                        # joiners' settling syncs are over
+    streams: list[tuple[int, int]] = []
+    monkeypatch.setattr(trio, "sync", lambda i, j, peer: streams.append((i, j)))
+    start = len(trio.sent)
+    trio.advance(22.0)                       # past every engine's push-pull time
+    hashes = [(i, wire.decode_datagram_prefix(data)[0].body["h"])
+              for i, _, data in trio.sent[start:]
+              if wire.decode_datagram_prefix(data)[0].type == MsgType.PING
+              and "h" in wire.decode_datagram_prefix(data)[0].body]
+    assert sorted({i for i, _ in hashes}) == [0, 1, 2]
+    assert {h for _, h in hashes} == {trio.engines[0].table.table_hash[:16]}
+    assert streams == []                     # equal tables: no stream at all
+
+    a, b = trio.engines[0], trio.engines[1]
+    b.set_tags({"only": "b knows"}, trio.now, trio.wall_ms)
+    b.datagrams_to_send()                    # lost: a never hears of it
+    b._send(b.members[a.node_id], MsgType.PING, {"n": 99, "h": b.table.table_hash[:16]}, [])
+    a._catch_up_at = 0.0
+    for data, _ in b.datagrams_to_send():
+        a.receive_datagram(data, trio.address(1), trio.now, trio.wall_ms)
+    assert a.syncs_to_start() == [(b.node_id, a.members[b.node_id].address)]
+
+
+def test_a_probe_goes_early_on_a_wake_up_and_the_probe_rate_stays() -> None:
+    _, members = make_cluster(5)
+    router = Router(members)
+    router.join_all()
+    start = len(router.sent)
+    router.advance(60.0)
+    pings = [(i, data) for i, _, data in router.sent[start:]
+             if wire.decode_datagram_prefix(data)[0].type == MsgType.PING]
+    for i in range(5):
+        assert 58 <= sum(1 for sender, _ in pings if sender == i) <= 61
+
+
+def test_a_joiner_syncs_again_soon_after_its_join_sync() -> None:
+    _, members = make_cluster(3)
+    router = Router(members)
+    joiner = router.engines[2]
+    joiner.join([router.address(0)], router.now, router.wall_ms)
+    router.flush()
+    start = router.now
+    times = []
+    for _ in range(60):
+        router.now += 0.05
+        if joiner.next_deadline() <= router.now:
+            joiner.handle_timer(router.now, router.wall_ms)
+        if joiner.syncs_to_start():
+            times.append(round(router.now - start, 2))
+    assert times == [0.25, 0.75, 1.75]
