@@ -4,10 +4,9 @@
 failure raises from here, before anything runs), then opens one TaskGroup
 that owns every task:
 
-    gossip.timer   owns the one `loop.call_at` handle set to the engine's
-                   deadline (re-armed only when the deadline moves), as in
-                   aioquic; cancelling the task cancels the handle
-    gossip.udp     owns the UDP endpoint on `[gossip] listen`
+    gossip.pump    owns the gossip thread (pump.py): the UDP socket on
+                   `[gossip] listen` and the engine's one deadline, handled in
+                   poll(2) off the loop; cancelling the task stops the thread
     sync.server    push-pull over TCP on the same address (one task per
                    connection, `sync.conn`, bounded); outgoing syncs run as
                    `sync.out` tasks, bounded too
@@ -15,11 +14,13 @@ that owns every task:
     metrics        Prometheus text on `[metrics] listen`, if configured
     state          writes the last version and tags to `state_dir` off the loop
 
-Every input (a datagram, a sync frame, a command) is handled where it
-arrives: feed the engine, flush what it queued, re-arm the timer. An idle
-node therefore wakes only for its own probes and the datagrams it gets; on
-a small VM each asyncio wake-up costs ~0.2 ms of CPU, so wake-ups, not
-Python work, set the idle CPU figure. The engine catches what peers get wrong; the
+Every input is handled where it arrives: datagrams and timers on the gossip
+thread, sync frames and commands on the loop, each under the engine lock;
+whatever the engine then holds for the shell (events, syncs to start, a
+version to persist) is flushed on the loop. An idle node wakes only for its
+own probes and the datagrams it gets, and only the gossip thread wakes: on a
+small VM each asyncio wake-up costs ~0.2 ms of CPU, so wake-ups, not Python
+work, set the idle CPU figure. The engine catches what peers get wrong; the
 shell catches what sockets and sessions raise, per peer, counts it in
 `meshd_dropped_total` and logs at DEBUG: a peer can cost a counter, never a
 task. On `stop` the node publishes its signed `left` record, pushes it, waits
@@ -36,12 +37,13 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 import random
+import socket
 import struct
+import threading
 import time
 from types import MappingProxyType
-from typing import Any, Awaitable, Iterable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from meshd import control, keyfiles, metrics, serve, wire
 from meshd import state as statefile
@@ -75,6 +77,7 @@ from meshd.gossip.events import ALIVE, DEAD, LEFT, SUSPECT
 from meshd.gossip.sync import SyncSession
 from meshd.gossip.tuning import GossipTuning
 from meshd.identity import IPNetwork, Trust, b64, public_id
+from meshd.pump import DatagramPump, wall_ms
 from meshd.records import MAX_TAG_BYTES, MAX_TAGS, NodeInfo
 from meshd.table import Table, VersionClock
 
@@ -114,10 +117,6 @@ STATE_EVENTS: dict[type, tuple[type[MemberEvent], str | None]] = {
 }
 # What an operator wants to hear about at INFO; the rest is DEBUG.
 NOTABLE_EVENTS = (MemberSuspected, MemberAlive, MemberDied, MemberLeft)
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Shutdown(Exception):
@@ -206,32 +205,12 @@ def member_view(node_id: bytes, name: str, state: str, incarnation: int,
 # --- the shell -------------------------------------------------------------------
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    """Hands datagrams to the agent; `closed` resolves when the socket goes away."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._agent.receive_datagram(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        self._agent.drop("udp_error", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            if exc is None:
-                self.closed.set_result(None)
-            else:
-                self.closed.set_exception(exc)
-
-
 class Agent:
     """One node's membership agent (membership-only mode: no WireGuard, no root).
 
     `members()`, `members_json()` and `feed` may be read from any thread; the
-    other methods belong to the loop that runs `run()`.
+    other methods belong to the loop that runs `run()`. The engine is shared with
+    the gossip thread: touch it only under `_lock`.
     """
 
     def __init__(self, config: Config, *, serve_control: bool = True) -> None:
@@ -240,7 +219,10 @@ class Agent:
         self._serve_control = serve_control
         self._engine: Gossip | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._udp: asyncio.DatagramTransport | None = None
+        self._lock = threading.RLock()
+        self._sock: socket.socket | None = None
+        self._pump: DatagramPump | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._members: tuple[Member, ...] = ()
         self._current: dict[bytes, Member] = {}
         self._known: dict[bytes, Member] = {}
@@ -252,10 +234,8 @@ class Agent:
         self._syncs_out = 0
         self._started = 0.0
         self._state_dir = config.state_dir
-        self._timer_handle: asyncio.TimerHandle | None = None
         self._state_kick = asyncio.Event()    # wakes the state writer
         self._save_lock = asyncio.Lock()
-        self._udp_closed: asyncio.Future[None] | None = None
 
     # --- reading (any thread) -----------------------------------------------------
 
@@ -276,19 +256,24 @@ class Agent:
         engine = self._running()
         merged = merge_tags(engine.info.tags, tags, unset)
         if merged != dict(engine.info.tags):
-            engine.set_tags(merged, asyncio.get_running_loop().time(), wall_ms())
-            self._wake()
+            with self._lock:
+                engine.set_tags(merged, time.monotonic(), wall_ms())
+            self._after_input()
             await self._save_state()
         return MappingProxyType(merged)
 
     async def join(self, seeds: Sequence[Endpoint]) -> None:
         """Say hello to more seeds (the cluster is joined once one answers)."""
         engine = self._running()
-        engine.join([seed.sockaddr for seed in seeds], asyncio.get_running_loop().time(), wall_ms())
-        self._wake()
+        with self._lock:
+            engine.join([seed.sockaddr for seed in seeds], time.monotonic(), wall_ms())
+        self._after_input()
 
     def status(self) -> dict[str, Any]:
-        engine = self._running()
+        with self._lock:
+            return self._status(self._running())
+
+    def _status(self, engine: Gossip) -> dict[str, Any]:
         own = self._members[0]
         counts = collections.Counter(member.state for member in self._members)
         stats = engine.stats
@@ -296,7 +281,7 @@ class Agent:
             "name": own.name, "id": own.id, "state": own.state, "incarnation": own.incarnation,
             "listen": str(self.config.gossip.listen), "advertise": str(advertised(self.config.gossip)),
             "profile": self.config.gossip.profile,
-            "uptime_s": round(asyncio.get_running_loop().time() - self._started, 1),
+            "uptime_s": round(time.monotonic() - self._started, 1),
             "members": {state: counts[state] for state in STATES},
             "table": {"records": len(engine.table), "hash": engine.table.table_hash.hex()},
             "udp": {"sent": stats.sent_datagrams, "received": stats.received_datagrams,
@@ -323,7 +308,7 @@ class Agent:
         """Start, set `ready`, serve until `stop` is set, leave gracefully, return."""
         if self._engine is not None:
             raise UsageError("an Agent runs once; make a new one")
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._state_dir = statefile.prepare(self.config.state_dir)
         self._saved = await asyncio.to_thread(statefile.load, self._state_dir)
         engine = self._engine = build_engine(self.config, self._saved, random.SystemRandom(),
@@ -331,13 +316,13 @@ class Agent:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 servers = await self._bind(stack)
-                self._started = loop.time()
-                engine.start(loop.time(), wall_ms())
+                self._started = time.monotonic()
+                engine.start(self._started, wall_ms())
                 self._refresh_members()
                 await self._save_state()
                 if self.config.gossip.seeds:
                     engine.join([seed.sockaddr for seed in self.config.gossip.seeds],
-                                loop.time(), wall_ms())
+                                time.monotonic(), wall_ms())
                 await self._serve(servers, ready, stop)
         finally:
             self._group = None
@@ -346,16 +331,14 @@ class Agent:
 
     async def _serve(self, servers: list[tuple[str, serve.Listener, asyncio.Server]],
                      ready: asyncio.Event | None, stop: asyncio.Event) -> None:
-        assert self._udp is not None
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                group.create_task(self._timer(), name="gossip.timer")
-                group.create_task(self._udp_lifetime(), name="gossip.udp")
+                group.create_task(self._run_pump(), name="gossip.pump")
                 group.create_task(self._state_writer(), name="state")
                 for name, listener, server in servers:
                     group.create_task(listener.serve(server, group), name=name)
-                self._wake()
+                self._after_input()
                 log.info("agent ready name=%s id=%s listen=%s profile=%s seeds=%d",
                          self.config.name, self._members[0].id, self.config.gossip.listen,
                          self.config.gossip.profile, len(self.config.gossip.seeds))
@@ -372,15 +355,15 @@ class Agent:
     async def _bind(self, stack: contextlib.AsyncExitStack
                     ) -> list[tuple[str, serve.Listener, asyncio.Server]]:
         """Open every socket before anything runs, so a bind failure is a startup error."""
-        loop = asyncio.get_running_loop()
         listen = self.config.gossip.listen
+        family = socket.AF_INET6 if listen.host.version == 6 else socket.AF_INET
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
         try:
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=listen.sockaddr)
+            sock.bind(listen.sockaddr)
         except OSError as exc:
             raise ConfigError(f"gossip.listen: cannot bind UDP {listen}: {exc.strerror or exc}") from None
-        stack.callback(transport.close)
-        self._udp, self._udp_closed = transport, protocol.closed
+        sock.setblocking(False)
+        self._sock = sock
         sync = serve.Listener("sync.conn", self._serve_sync, MAX_SYNCS_IN,
                               lambda: self.drop("sync_busy"), self._connection_error)
         servers = [("sync.server", sync, await self._tcp_server(stack, sync, "gossip.listen", listen))]
@@ -421,59 +404,59 @@ class Agent:
     async def _leave(self) -> None:
         """Publish and push the `left` record, then give it a bounded moment to leave."""
         engine = self._running()
-        loop = asyncio.get_running_loop()
-        engine.leave(loop.time(), wall_ms())
-        self._flush(wall_ms())
-        assert self._udp is not None
+        with self._lock:
+            engine.leave(time.monotonic(), wall_ms())
+            pending = engine.datagrams_to_send()
         for _ in range(int(LEAVE_DRAIN_S / LEAVE_POLL_S)):
-            # Datagrams the kernel refused for now wait in the transport's buffer.
-            if self._udp.get_write_buffer_size() == 0:  # type: ignore[attr-defined]
+            # Datagrams the kernel had no room for are tried again, a bounded number of times.
+            pending = self._send(pending)
+            if not pending:
                 break
             await asyncio.sleep(LEAVE_POLL_S)
+        self._flush()
         await self._save_state()
         log.info("left the cluster name=%s incarnation=%d", self.config.name, engine.clock.last)
 
     # --- tasks ----------------------------------------------------------------------
 
-    async def _timer(self) -> None:
-        """Owns the timer handle: it lives exactly as long as this task."""
-        try:
-            self._arm()
-            await asyncio.get_running_loop().create_future()   # until cancelled
-        finally:
-            if self._timer_handle is not None:
-                self._timer_handle.cancel()
-                self._timer_handle = None
-
-    def _on_timer(self) -> None:
-        self._timer_handle = None
+    async def _run_pump(self) -> None:
+        """Owns the gossip thread: it runs exactly as long as this task, and its failure
+        ends the agent."""
         loop = asyncio.get_running_loop()
-        engine = self._running()
-        if engine.next_deadline() <= loop.time():
-            engine.handle_timer(loop.time(), wall_ms())
-        self._wake()
+        exited: asyncio.Future[None] = loop.create_future()
 
-    def _wake(self) -> None:
-        """After any input: send and publish what the engine queued, then re-arm."""
-        self._flush(wall_ms())
-        self._arm()
+        def settle(error: BaseException | None) -> None:
+            if not exited.done():
+                if error is None:
+                    exited.set_result(None)
+                else:
+                    exited.set_exception(error)
 
-    def _arm(self) -> None:
-        """Point the one timer handle at the engine's deadline, if it moved."""
-        deadline = self._running().next_deadline()
-        handle = self._timer_handle
-        if handle is not None and handle.when() == deadline:
-            return
-        if handle is not None:
-            handle.cancel()
-            self._timer_handle = None
-        if math.isfinite(deadline):
-            self._timer_handle = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        assert self._sock is not None
+        pump = DatagramPump(
+            self._sock, self._loaded(), self._lock, wants_shell=self._wants_shell,
+            on_output=lambda: self._call_soon(self._flush),
+            on_exit=lambda error: self._call_soon(settle, error), drop=self.drop)
+        pump.start()
+        self._pump = pump
+        try:
+            await exited
+        finally:
+            self._pump = None
+            await asyncio.to_thread(pump.stop)
 
-    async def _udp_lifetime(self) -> None:
-        """Owns the UDP endpoint: a socket that dies under us ends the agent."""
-        assert self._udp_closed is not None
-        await self._udp_closed
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """From the gossip thread: run `callback` on the loop (unless the loop is gone)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass   # the loop closed: the agent is gone, and so is whoever wanted to know
+
+    def _wants_shell(self) -> bool:
+        """On the gossip thread, under the lock: is there work for `_flush`?"""
+        engine = self._loaded()
+        return engine.has_output() or engine.clock.last != self._snapshot_version
 
     async def _state_writer(self) -> None:
         while True:
@@ -485,7 +468,9 @@ class Agent:
         """Persist the last version and the tags if they changed (the file write off the loop)."""
         engine = self._loaded()
         async with self._save_lock:
-            current = statefile.State(engine.clock.last, MappingProxyType(dict(engine.info.tags)))
+            with self._lock:
+                current = statefile.State(engine.clock.last,
+                                          MappingProxyType(dict(engine.info.tags)))
             if current == self._saved:
                 return
             try:
@@ -497,43 +482,43 @@ class Agent:
 
     # --- receiving and flushing -------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        """From the UDP protocol: feed the engine and answer at once (no extra wake-up)."""
-        try:
-            self._loaded().receive_datagram(data, addr, asyncio.get_running_loop().time(), wall_ms())
-        except Exception as exc:  # the engine drops bad input itself; this is a last guard
-            self.drop("internal", exc)
-        if self._group is not None:
-            self._wake()
+    def _after_input(self) -> None:
+        """After the loop changed the engine: flush, and wake the gossip thread (the
+        engine's deadline may have moved)."""
+        self._flush()
+        if self._pump is not None:
+            self._pump.poke()
 
-    def _flush(self, now_ms: int) -> None:
+    def _flush(self) -> None:
         """Send what the engine queued, publish its events, start the syncs it asks for."""
+        if self._group is None:
+            return   # stopped: late calls from the gossip thread find nothing to do
         engine = self._running()
-        self._send(engine.datagrams_to_send())
-        self._deliver_events(now_ms)
-        for peer, addr in engine.syncs_to_start():
+        now_ms = wall_ms()
+        with self._lock:
+            datagrams = engine.datagrams_to_send()
+            pending = []
+            while (event := engine.next_event()) is not None:
+                if isinstance(event, engine_events.MemberEvent):
+                    pending.append(event)
+            if pending or engine.clock.last != self._snapshot_version:
+                self._refresh_members()
+            syncs = engine.syncs_to_start()
+            version = engine.clock.last
+        self._send(datagrams)
+        self._publish(pending, now_ms)
+        for peer, addr in syncs:
             self._start_sync(peer, addr)
-        if engine.clock.last != self._saved.version:
+        if version != self._saved.version:
             self._state_kick.set()
 
-    def _send(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        udp = self._udp
-        if udp is None or udp.is_closing():
-            return
-        for data, addr in datagrams:
-            try:
-                udp.sendto(data, addr)
-            except OSError as exc:
-                self.drop("send_error", exc)
+    def _send(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> list[tuple[bytes, tuple[str, int]]]:
+        """Send from the loop; returns what the kernel had no room for."""
+        if self._pump is None or not datagrams:
+            return []
+        return self._pump.send(datagrams)
 
-    def _deliver_events(self, now_ms: int) -> None:
-        engine = self._running()
-        pending = []
-        while (event := engine.next_event()) is not None:
-            if isinstance(event, engine_events.MemberEvent):
-                pending.append(event)
-        if pending or engine.clock.last != self._snapshot_version:
-            self._refresh_members()
+    def _publish(self, pending: list[engine_events.MemberEvent], now_ms: int) -> None:
         for event in pending:
             public = self._public_event(event, now_ms)
             if public is None:
@@ -545,7 +530,7 @@ class Agent:
 
     def _refresh_members(self) -> None:
         """Rebuild the snapshot `members()` returns (a new tuple: readers on other threads
-        always see a whole one)."""
+        always see a whole one). Under the lock."""
         engine = self._loaded()
         own = engine.table.node(engine.node_id)
         version = own.version if own is not None else 0
@@ -604,7 +589,8 @@ class Agent:
             local = None if listen.host.is_unspecified else (str(listen.host), 0)
             reader, writer = await asyncio.open_connection(*addr, local_addr=local)
             try:
-                session, first = self._running().open_sync(peer)
+                with self._lock:
+                    session, first = self._running().open_sync(peer)
                 await self._exchange(session, [first], reader, writer)
             finally:
                 await serve.close_writer(writer)
@@ -615,7 +601,9 @@ class Agent:
             self._syncs_out -= 1
 
     async def _serve_sync(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._guard_sync("in", self._exchange(self._running().accept_sync(), [], reader, writer))
+        with self._lock:
+            session = self._running().accept_sync()
+        await self._guard_sync("in", self._exchange(session, [], reader, writer))
 
     async def _guard_sync(self, direction: str, work: Awaitable[None]) -> None:
         """Run one push-pull, bounded in time; whatever goes wrong is counted, not raised."""
@@ -643,8 +631,10 @@ class Agent:
             # Until its first frame's MAC checks out, the peer is anyone who can connect:
             # it may not make us buffer more than an opening frame needs.
             limit = wire.MAX_STREAM_FRAME_BYTES if session.peer else MAX_OPENING_FRAME_BYTES
-            replies = session.receive(await self._read_frame(reader, limit))
-            self._wake()
+            frame = await self._read_frame(reader, limit)
+            with self._lock:
+                replies = session.receive(frame)
+            self._after_input()
             self._write_frames(writer, replies)
             await writer.drain()
 
@@ -666,8 +656,9 @@ class Agent:
     # --- errors and metrics ---------------------------------------------------------
 
     def drop(self, reason: str, exc: BaseException | None = None) -> None:
-        """Count something a peer or a socket cost us; details only at DEBUG."""
-        self._dropped[reason] += 1
+        """Count something a peer or a socket cost us; details only at DEBUG. Any thread."""
+        with self._lock:
+            self._dropped[reason] += 1
         if exc is not None:
             log.debug("dropped reason=%s error=%r", reason, exc, exc_info=reason == "internal")
 
@@ -675,7 +666,8 @@ class Agent:
         self.drop("timeout" if isinstance(exc, TimeoutError) else "internal", exc)
 
     def _all_dropped(self) -> collections.Counter[str]:
-        return self._loaded().stats.dropped + self._dropped
+        with self._lock:
+            return self._loaded().stats.dropped + self._dropped
 
     async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve.http_exchange(reader, writer, self._metrics_reply, METRICS_MAX_BODY_BYTES)
@@ -683,7 +675,9 @@ class Agent:
     async def _metrics_reply(self, request: serve.Request) -> serve.Reply:
         if request.path != "/metrics":
             return serve.json_error(404, "not_found", "metrics are at /metrics")
-        text = metrics.exposition(self._metric_families())
+        with self._lock:
+            families = self._metric_families()
+        text = metrics.exposition(families)
         return serve.Reply(200, text.encode(), metrics.CONTENT_TYPE)
 
     def _metric_families(self) -> list[metrics.Family]:

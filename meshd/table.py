@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -33,6 +34,7 @@ from meshd.errors import (
     LimitError,
     RemoteError,
     StaleError,
+    TooLargeError,
     UnknownCAError,
     UsageError,
     VerificationError,
@@ -50,6 +52,11 @@ REAPED_MEMORY_MS = 24 * 60 * 60 * 1000
 MAX_KEY_CHARS = 255
 HASH_MODULUS = 1 << 256
 ORIGIN_HASH_BYTES = 8
+# A digest entry on the wire: node ID, highest version, origin hash, packed. A list of
+# entries costs the decoder (and its shape check) per item; one `bin` per chunk does not.
+DIGEST_ENTRY = struct.Struct(f">{wire.NODE_ID_BYTES}sQ{ORIGIN_HASH_BYTES}s")
+DIGEST_CHUNK_ENTRIES = wire.MAX_BIN_BYTES // DIGEST_ENTRY.size
+NO_ORIGIN_HASH = bytes(ORIGIN_HASH_BYTES)
 _BODY_TYPES = {KIND_NODE: NodeInfo, KIND_SERVICE: ServiceInfo}
 
 Ident = tuple[bytes, str, str]
@@ -199,9 +206,11 @@ class Digest:
     origin_hashes: Mapping[bytes, bytes] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
+        entries = [DIGEST_ENTRY.pack(o, v, self.origin_hashes.get(o, NO_ORIGIN_HASH))
+                   for o, v in self.versions.items()]
         return {"h": self.table_hash,
-                "v": [[o, v, self.origin_hashes.get(o, bytes(ORIGIN_HASH_BYTES))]
-                      for o, v in self.versions.items()],
+                "v": [b"".join(entries[i:i + DIGEST_CHUNK_ENTRIES])
+                      for i in range(0, len(entries), DIGEST_CHUNK_ENTRIES)],
                 "r": sorted(self.revocations)}
 
     @classmethod
@@ -209,14 +218,18 @@ class Digest:
         f = wire.Fields(obj, "digest")
         versions: dict[bytes, int] = {}
         hashes: dict[bytes, bytes] = {}
-        for item in f.list("v", max_len=wire.MAX_ARRAY_LEN):
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], bytes)
-                    and len(item[0]) == wire.NODE_ID_BYTES and isinstance(item[1], int)
-                    and not isinstance(item[1], bool) and 0 <= item[1] <= wire.INT64_MAX
-                    and isinstance(item[2], bytes) and len(item[2]) == ORIGIN_HASH_BYTES):
-                raise WireError("digest: entries are [origin, version, origin hash]")
-            versions[item[0]] = item[1]
-            hashes[item[0]] = item[2]
+        chunks = f.list("v", max_len=wire.MAX_ARRAY_LEN // DIGEST_CHUNK_ENTRIES + 1)
+        if not all(isinstance(c, bytes) and len(c) % DIGEST_ENTRY.size == 0 for c in chunks):
+            raise WireError(f"digest: entries are packed {DIGEST_ENTRY.size}-byte "
+                            "[origin, version, origin hash]")
+        if sum(map(len, chunks)) // DIGEST_ENTRY.size > wire.MAX_ARRAY_LEN:
+            raise TooLargeError("digest: too many origins")
+        for chunk in chunks:
+            for origin, version, origin_hash in DIGEST_ENTRY.iter_unpack(chunk):
+                if version > wire.INT64_MAX:
+                    raise WireError("digest: version out of range")
+                versions[origin] = version
+                hashes[origin] = origin_hash
         revs = f.list("r", max_len=wire.MAX_ARRAY_LEN)
         if not all(isinstance(s, bytes) and len(s) == 16 for s in revs):
             raise WireError("digest: revocations are 16-byte serials")
@@ -256,6 +269,7 @@ class Table:
         self._floor: dict[bytes, tuple[int, int]] = {}
         self._hash = 0
         self._origin_hash: dict[bytes, int] = {}
+        self._origin_digests: dict[bytes, bytes] = {}   # their low bytes, as digests carry them
 
     # --- reading -------------------------------------------------------------
 
@@ -305,8 +319,7 @@ class Table:
         return revs + differ
 
     def _origin_digest(self, origin: bytes) -> bytes:
-        return (self._origin_hash.get(origin, 0) % (1 << 8 * ORIGIN_HASH_BYTES)).to_bytes(
-            ORIGIN_HASH_BYTES, "big")
+        return self._origin_digests.get(origin, NO_ORIGIN_HASH)
 
     # --- writing -------------------------------------------------------------
 
@@ -464,5 +477,8 @@ class Table:
         origin_hash = (self._origin_hash.get(record.origin, 0) + entry) % HASH_MODULUS
         if origin_hash or record.origin in self._by_origin:
             self._origin_hash[record.origin] = origin_hash
+            self._origin_digests[record.origin] = (
+                origin_hash % (1 << 8 * ORIGIN_HASH_BYTES)).to_bytes(ORIGIN_HASH_BYTES, "big")
         else:
             self._origin_hash.pop(record.origin, None)
+            self._origin_digests.pop(record.origin, None)

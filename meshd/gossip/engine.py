@@ -77,7 +77,7 @@ JOIN_SETTLE_GAPS = (0.25, 0.5, 1.0)
 # A probe may go out this fraction of the probe interval early when a datagram has woken
 # us anyway: one wake-up instead of two, at the same probe rate (the schedule keeps its
 # phase). An idle node's CPU is its wake-ups (see meshd/agent.py).
-PROBE_EARLY = 0.5
+PROBE_EARLY = 0.9
 # Bytes of the table hash a ping carries once per push-pull interval: a peer whose table
 # differs opens the push-pull; equal tables cost these bytes and no stream at all.
 HASH_CHECK_BYTES = 16
@@ -281,6 +281,10 @@ class Gossip:
 
     def next_event(self) -> Any | None:
         return self._events.popleft() if self._events else None
+
+    def has_output(self) -> bool:
+        """Events or push-pulls wait for the shell (datagrams aside)."""
+        return bool(self._events or self._syncs)
 
     def syncs_to_start(self) -> list[tuple[bytes, Address]]:
         """Push-pull streams the shell should open: (peer ID, address)."""

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "meshd.state": 6,         # the state directory (last version, tags)
     "meshd.events": 7,        # public events and their bounded subscriptions
     "meshd.serve": 7,         # bounded stream servers, one HTTP exchange (h11)
+    "meshd.pump": 7,          # the gossip thread: datagrams and timers off the loop
     "meshd.agent": 7,
     "meshd.control": 7,       # the agent's TaskGroup owns the control server
     "meshd.sim": 7,           # beside the agent; see SIM_MAY_IMPORT

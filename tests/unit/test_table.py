@@ -440,6 +440,15 @@ def test_table_hash_tracks_contents_not_history() -> None:
     assert t2.table_hash == t3.table_hash
 
 
+def test_a_big_digest_goes_in_chunks_that_each_fit_a_bin() -> None:
+    origins = {bytes([i % 256, i // 256]) * 16: i + 1 for i in range(3000)}
+    digest = Digest(bytes(32), origins, frozenset(), {o: bytes(8) for o in origins})
+    obj = digest.to_wire()
+    assert len(obj["v"]) == 3 and all(len(c) <= wire.MAX_BIN_BYTES for c in obj["v"])
+    again = Digest.from_wire(wire.unpack(wire.pack(obj), wire.MAX_STREAM_FRAME_BYTES))
+    assert again == digest
+
+
 def test_digest_round_trips_on_the_wire() -> None:
     ca, (m, n) = make_cluster(2)
     t = joined([m, n])
@@ -453,11 +462,10 @@ def test_digest_round_trips_on_the_wire() -> None:
 
 @pytest.mark.parametrize("mutate", [
     lambda d: d | {"h": b"short"},
-    lambda d: d | {"v": [[b"x" * 32, 1]]},
-    lambda d: d | {"v": [[b"x" * 32, -1, bytes(8)]]},
-    lambda d: d | {"v": [[b"x" * 32, True, bytes(8)]]},
-    lambda d: d | {"v": [[b"x" * 31, 1, bytes(8)]]},
-    lambda d: d | {"v": [[b"x" * 32, 1, bytes(7)]]},
+    lambda d: d | {"v": [[b"x" * 32, 1, bytes(8)]]},          # entries are packed, not lists
+    lambda d: d | {"v": [b"x" * 47]},                          # not a whole entry
+    lambda d: d | {"v": [b"x" * 32 + (2**63).to_bytes(8, "big") + bytes(8)]},  # > INT64_MAX
+    lambda d: d | {"v": b"x" * 48},                            # a bin, not a list of chunks
     lambda d: d | {"r": [b"x" * 15]},
     lambda d: {"h": d["h"]},
 ])
