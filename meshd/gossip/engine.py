@@ -81,6 +81,10 @@ PROBE_EARLY = 0.9
 # Bytes of the table hash a ping carries once per push-pull interval: a peer whose table
 # differs opens the push-pull; equal tables cost these bytes and no stream at all.
 HASH_CHECK_BYTES = 16
+# For this many probe intervals after its table last changed, every ping of a node carries
+# the hash: after a join storm a node that missed a record finds out from its next probe
+# target, not at the next push-pull interval. A settled table pays nothing.
+UNSETTLED_PROBES = 10
 HELLO_RATE_PER_S = 20.0
 HELLO_BURST = 40.0
 ENVELOPE_OVERHEAD = 64 + MAC_BYTES
@@ -229,6 +233,7 @@ class Gossip:
         self._catch_up_at = 0.0
         self._settle_gaps: list[float] = []
         self._hash_check = False
+        self._changed_at = -math.inf
         self._joined = False
         self._nonces: dict[bytes, float] = {}
         self._buckets: dict[str, _TokenBucket] = {}
@@ -585,6 +590,7 @@ class Gossip:
         for change in result.changes:
             self._on_change(change)
         if result.changes:
+            self._changed_at = self._now
             self._event(RecordsMerged(tuple(result.changes)))
 
     def _on_change(self, change: Change) -> None:
@@ -693,7 +699,8 @@ class Gossip:
         self._probes[self._probe_number] = Probe(target.node_id, self._probe_number,
                                                  self._now + timeout, verify=verify)
         body: dict[str, Any] = {"n": self._probe_number}
-        if self._hash_check and not verify:
+        unsettled = self._now - self._changed_at < UNSETTLED_PROBES * self.tuning.probe_interval_s
+        if (self._hash_check or unsettled) and not verify:
             body["h"] = self.table.table_hash[:HASH_CHECK_BYTES]
             self._hash_check = False
         self._send(target, MsgType.PING, body)

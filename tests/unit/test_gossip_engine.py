@@ -442,3 +442,31 @@ def test_a_joiner_syncs_again_soon_after_its_join_sync() -> None:
         if joiner.syncs_to_start():
             times.append(round(router.now - start, 2))
     assert times == [0.25, 0.75, 1.75]
+
+
+def _pings_with_hash(router: Router, start: int) -> list[int]:
+    """Senders of the pings since `start` that carried a table hash."""
+    out = []
+    for i, _, data in router.sent[start:]:
+        msg = wire.decode_datagram_prefix(data)[0]
+        if msg.type == MsgType.PING and "h" in msg.body:
+            out.append(i)
+    return out
+
+
+def test_for_a_while_after_a_change_every_ping_carries_the_hash(trio: Router) -> None:
+    trio.advance(12.0)                        # the join's changes are 10 intervals old
+    for engine in trio.engines:
+        engine._push_pull_at = trio.now + 100.0   # keep the periodic check out of the way
+    start = len(trio.sent)
+    trio.advance(5.0)
+    assert _pings_with_hash(trio, start) == []    # settled: pings are bare
+    trio.engines[0].set_tags({"new": "tag"}, trio.now, trio.wall_ms)
+    start = len(trio.sent)
+    trio.advance(5.0)
+    senders = _pings_with_hash(trio, start)
+    assert sorted(set(senders)) == [0, 1, 2] and len(senders) >= 12
+    trio.advance(6.0)
+    start = len(trio.sent)
+    trio.advance(5.0)
+    assert _pings_with_hash(trio, start) == []    # settled again
