@@ -496,7 +496,9 @@ class Agent:
         engine = self._running()
         now_ms = wall_ms()
         with self._lock:
-            datagrams = engine.datagrams_to_send()
+            # Until the gossip thread runs, what the engine queued waits for it (it sends
+            # the outbox as it starts): a seed's hello queued at start-up is not lost.
+            datagrams = engine.datagrams_to_send() if self._pump is not None else []
             pending = []
             while (event := engine.next_event()) is not None:
                 if isinstance(event, engine_events.MemberEvent):

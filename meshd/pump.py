@@ -111,6 +111,7 @@ class DatagramPump:
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        self._run_engine([])    # what the engine queued before we ran (a seed's hello)
         while not self._stopping:
             with self._lock:
                 deadline = self._engine.next_deadline()

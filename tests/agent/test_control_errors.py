@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshd.client import Client, ControlError
-from tests.agent.cluster import MESHD, Cluster, wait_for
+from tests.agent.cluster import MESHD, Cluster, members, wait_for
 
 IP = "127.0.0.81"
 
@@ -125,5 +125,22 @@ def test_an_unauthenticated_stream_may_not_announce_a_big_frame(tmp_path: Path) 
             assert stream.recv(1) == b""           # closed on us, nothing answered
         wait_for("the refusal to be counted", lambda: Client(node.socket).status()
                  ["dropped"].get("too_large") == 1)
+    finally:
+        cluster.stop_all()
+
+
+def test_a_seed_in_the_config_gets_the_first_hello(tmp_path: Path) -> None:
+    """The hello queued at start-up goes out with the first datagrams, not with the retry
+    (on `wan`, 3 s later)."""
+    cluster = Cluster(tmp_path, [IP, "127.0.0.82"], profile="wan")
+    seed = cluster.node(1)
+    joiner = cluster.node(2, seeds=[seed])
+    try:
+        cluster.start(seed)
+        wait_for("the seed's socket", seed.socket.exists)
+        cluster.start(joiner)
+        wait_for("the joiner's socket", joiner.socket.exists)
+        took = wait_for("the joiner to know the seed", lambda: len(members(joiner)) == 2)
+        assert took < 2.0, f"joined after {took:.1f} s: the first hello was lost"
     finally:
         cluster.stop_all()
