@@ -74,10 +74,13 @@ EAGER_QUEUE_LIMIT = 8
 # it, and in a join storm the rest would otherwise trickle in by piggyback, ~3 records a
 # datagram. The first also retries a join sync the seed refused (too many at once).
 JOIN_SETTLE_GAPS = (0.25, 0.5, 1.0)
-# A probe may go out this fraction of the probe interval early when a datagram has woken
-# us anyway: one wake-up instead of two, at the same probe rate (the schedule keeps its
-# phase). An idle node's CPU is its wake-ups (see meshd/agent.py).
-PROBE_EARLY = 0.9
+# Every node probes at the start of each wall-clock round, within this fraction of the
+# interval (a per-node offset, so N nodes do not fire at one instant). A member is then
+# probed once a round at the same phase: a crash waits at most one interval for its
+# first probe (with a random phase per prober, up to two). And the datagrams of a round
+# arrive together, so a node handles its probe, its prober's ping and its ack in about
+# one wake-up: an idle node's CPU is its wake-ups (see meshd/pump.py).
+PROBE_SPREAD = 0.05
 # Bytes of the table hash a ping carries once per push-pull interval: a peer whose table
 # differs opens the push-pull; equal tables cost these bytes and no stream at all.
 HASH_CHECK_BYTES = 16
@@ -224,6 +227,7 @@ class Gossip:
         # Datagrams name no sender: its address picks the MAC key (docs/protocol.md).
         self._by_address: dict[Address, bytes] = {}
         self._probe_at = 0.0
+        self._probe_offset_ms = 0
         self._gossip_at = 0.0
         self._push_pull_at = 0.0
         self._collect_at = 0.0
@@ -247,8 +251,11 @@ class Gossip:
         """Publish our own node record; timers start from `now`."""
         self._tick(now, wall_ms)
         self._publish_self(replace(self.info, left=False))
-        interval = self.tuning.probe_interval_s
-        self._probe_at = now + self.rng.uniform(0, interval)
+        interval_ms = int(self.tuning.probe_interval_s * 1000)
+        spread_ms = max(1, int(PROBE_SPREAD * interval_ms))
+        self._probe_offset_ms = int.from_bytes(self.node_id[:4], "big") % spread_ms
+        self._probe_at = now
+        self._schedule_probe(now)
         self._gossip_at = now + self.tuning.gossip_interval_s
         self._push_pull_at = now + self.rng.uniform(0.5, 1.0) * self.tuning.push_pull_interval_s
         self._collect_at = now + 60.0
@@ -322,7 +329,7 @@ class Gossip:
         self._suspects = {m.node_id: None for m in self._suspected() if m.suspicion}
         if self.left:
             return
-        self._probe_if_due(0.0)
+        self._probe_if_due()
         if self._gossip_at <= now:
             self._gossip_round()
             self._gossip_at = now + self.tuning.gossip_interval_s
@@ -520,7 +527,7 @@ class Gossip:
         if handler is None:
             raise WireError(f"{msg.type.name} is not a datagram message")
         handler(self, member, f, addr)
-        self._probe_if_due(PROBE_EARLY * self.tuning.probe_interval_s)
+        self._probe_if_due(PROBE_SPREAD * self.tuning.probe_interval_s)
 
     def _from_stranger(self, msg: wire.Datagram, addr: Address) -> None:
         """A datagram from an address no member of ours advertises (yet).
@@ -657,18 +664,23 @@ class Gossip:
 
     # --- probes ------------------------------------------------------------------
 
-    def _probe_if_due(self, early_s: float) -> None:
-        """Probe if the next probe is due within `early_s`; the next one is due an interval
-        after this one was (or after now, if we are late)."""
+    def _probe_if_due(self, early_s: float = 0.0) -> None:
+        """Probe if the next probe is due within `early_s` (a datagram woke us anyway)."""
         due = self._probe_at
         if due - early_s > self._now:
             return
-        due_wall_ms = self._wall_ms + round((due - self._now) * 1000)
-        target = self._next_target(due_wall_ms)
+        target = self._next_target(self._wall_ms + round((due - self._now) * 1000))
         if target is not None:
             self._start_probe(target, verify=False)
-        self._probe_at = max(due, self._now) + scaled_timeout(self.tuning.probe_interval_s,
-                                                              self.awareness)
+        self._schedule_probe(due)
+
+    def _schedule_probe(self, due: float) -> None:
+        """The next probe: at our offset into the round `awareness + 1` rounds after the
+        one `due` (or now, if later) falls in (Lifeguard: a struggling node probes less)."""
+        interval_ms = int(self.tuning.probe_interval_s * 1000)
+        base_ms = self._wall_ms + round((max(due, self._now) - self._now) * 1000)
+        next_ms = (base_ms // interval_ms + self.awareness + 1) * interval_ms + self._probe_offset_ms
+        self._probe_at = self._now + (next_ms - self._wall_ms) / 1000
 
     def _next_target(self, due_wall_ms: int) -> Member | None:
         """This round's target: our successor on the ID ring at a shift every node agrees on.

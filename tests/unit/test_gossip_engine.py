@@ -14,7 +14,7 @@ import pytest
 
 from meshd import wire
 from meshd.gossip.engine import (
-    CLAIM_DEAD, CLAIM_SUSPECT, EAGER_QUEUE_LIMIT, Claim, Gossip, parse_address,
+    CLAIM_DEAD, CLAIM_SUSPECT, EAGER_QUEUE_LIMIT, PROBE_SPREAD, Claim, Gossip, parse_address,
 )
 from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberJoined, MemberLeft, MemberSuspected,
@@ -364,6 +364,7 @@ def test_updates_one_merge_brings_are_pushed_together() -> None:
     _, members = make_cluster(8)
     router = Router(members)
     router.join_all()
+    router.advance(5.0)                      # the join's piggyback queues have drained
     receiver = router.engines[0]
     receiver.datagrams_to_send()
     receiver._merge(_tag_updates(members[1:3], 10**13), eager=True)   # two fit a datagram
@@ -413,6 +414,25 @@ def test_periodic_anti_entropy_is_a_hash_on_a_ping_and_a_stream_only_if_tables_d
     for data, _ in b.datagrams_to_send():
         a.receive_datagram(data, trio.address(1), trio.now, trio.wall_ms)
     assert a.syncs_to_start() == [(b.node_id, a.members[b.node_id].address)]
+
+
+def test_every_node_probes_once_a_round_at_its_start() -> None:
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    router.advance(3.0)
+    per_round: dict[tuple[int, int], int] = {}
+    step_ms = 50
+    for _ in range(200):                     # 10 s
+        start = len(router.sent)
+        router.advance(step_ms / 1000, step=step_ms / 1000)
+        for i, _, data in router.sent[start:]:
+            if wire.decode_datagram_prefix(data)[0].type == MsgType.PING:
+                round_no, phase_ms = divmod(router.wall_ms, 1000)
+                assert phase_ms <= PROBE_SPREAD * 1000 + step_ms   # (the router's step)
+                per_round[(i, round_no)] = per_round.get((i, round_no), 0) + 1
+    assert set(per_round.values()) == {1}
+    assert len(per_round) >= 6 * 9
 
 
 def test_a_probe_goes_early_on_a_wake_up_and_the_probe_rate_stays() -> None:
