@@ -74,6 +74,8 @@ EAGER_QUEUE_LIMIT = 8
 # it, and in a join storm the rest would otherwise trickle in by piggyback, ~3 records a
 # datagram. The first also retries a join sync the seed refused (too many at once).
 JOIN_SETTLE_GAPS = (0.25, 0.5, 1.0)
+# A timer handled this late counts against our own health, like a missed nack (Lifeguard).
+LATE_TIMER_S = 0.1
 # Every node probes at the start of each wall-clock round, within this fraction of the
 # interval (a per-node offset, so N nodes do not fire at one instant). A member is then
 # probed once a round at the same phase: a crash waits at most one interval for its
@@ -319,6 +321,10 @@ class Gossip:
 
     def handle_timer(self, now: float, wall_ms: int) -> None:
         """Do whatever is due: probes, probe timeouts, suspicions, gossip, syncs, collection."""
+        if now - self.next_deadline() > LATE_TIMER_S:
+            # We are starved (CPU, a blocked shell): our own acks may be waiting unread, so
+            # we are the likelier culprit of a failed probe. Lifeguard: slow down accusing.
+            self.awareness = min(self.tuning.awareness_max, self.awareness + 1)
         self._tick(now, wall_ms)
         for number, probe in list(self._probes.items()):
             if probe.deadline <= now:

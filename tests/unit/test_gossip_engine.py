@@ -490,3 +490,14 @@ def test_for_a_while_after_a_change_every_ping_carries_the_hash(trio: Router) ->
     start = len(trio.sent)
     trio.advance(5.0)
     assert _pings_with_hash(trio, start) == []    # settled again
+
+
+def test_a_timer_handled_late_lowers_our_own_health(trio: Router) -> None:
+    engine = trio.engines[0]
+    due = engine.next_deadline()
+    assert engine.awareness == 0
+    engine.handle_timer(due + 0.01, trio.wall_ms)          # on time: no change
+    assert engine.awareness == 0
+    due = engine.next_deadline()
+    engine.handle_timer(due + 0.5, trio.wall_ms)           # starved for half a second
+    assert engine.awareness == 1
