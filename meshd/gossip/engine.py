@@ -64,10 +64,12 @@ MAX_OUTBOX = 4_096
 MAX_PENDING_SYNCS = 64
 MAX_NONCES = 10_000
 CATCH_UP_S = 1.0
-# An update is pushed at once only while fewer updates than this wait to be piggybacked
-# (our own always are). A busy queue means many updates at once, a join storm: an eager
-# flood would cost every node fanout datagrams per record, so they go packed in gossip
-# rounds instead and a push-pull (`_catch_up`) fetches the rest in bulk.
+# An update is pushed at once and queued for piggybacking only while fewer updates than
+# this wait (our own always are). A busy queue means many updates at once, a join storm:
+# relaying every record fanout times at once and λ·log(N) times more in gossip rounds
+# would keep each node's queue full for tens of seconds, ~3 records a datagram, and their
+# CPU saturated. A push-pull (`_catch_up`, the settling syncs, the hash on pings) carries
+# them in bulk instead, each record once per node.
 EAGER_QUEUE_LIMIT = 8
 # After a join, push-pulls at these multiples of the probe interval apart, then the
 # profile's interval: a joiner's first sync (with its seed) brings only who joined before
@@ -164,6 +166,7 @@ class Member:
     state: str = ALIVE
     since: float = 0.0
     suspicion: Suspicion | None = None
+    knows_us: bool = False      # it sent us an authenticated datagram: it holds our record
 
 
 @dataclass(slots=True)
@@ -238,6 +241,7 @@ class Gossip:
         self._join_at: float | None = None
         self._catch_up_at = 0.0
         self._settle_gaps: list[float] = []
+        self._seed_answered: bytes | None = None
         self._hash_check = False
         self._changed_at = -math.inf
         self._joined = False
@@ -484,12 +488,21 @@ class Gossip:
             return
         body = dict(body, s=self.auth.next_seq(member.node_id))
         if items is None:
+            items, room = self._introduction(member, msg_type)
             limit = retransmit_limit(self.tuning.retransmit_mult, self.alive_count)
-            items = self._broadcasts.take(PIGGYBACK_BUDGET, limit)[:MAX_ITEMS_PER_DATAGRAM]
+            items += self._broadcasts.take(room, limit)[:MAX_ITEMS_PER_DATAGRAM - len(items)]
         if items:
             body["p"] = items
         data = self.auth.seal(member.node_id, wire.encode_datagram(msg_type, body))
         self._emit(data, addr)
+
+    def _introduction(self, member: Member, msg_type: MsgType) -> tuple[list[Any], int]:
+        """Our node record for a probe to a member not yet heard from (and the room
+        left): it may not know us yet, and would drop a probe it cannot authenticate."""
+        record = self.table.node(self.node_id)
+        if member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ) or record is None:
+            return [], PIGGYBACK_BUDGET
+        return [[ITEM_RECORD, record.to_wire()]], PIGGYBACK_BUDGET - record.wire_size() - 4
 
     def _emit(self, data: bytes, addr: Address) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
@@ -521,11 +534,13 @@ class Gossip:
         sender = self._by_address.get(addr)
         member = self.members.get(sender) if sender is not None else None
         if member is None:
-            self._from_stranger(msg, addr)
-            return
+            member = self._from_stranger(msg, addr)
+            if member is None:
+                return
         self.auth.open(member.node_id, data)
         f = Fields(msg.body, msg.type.name.lower())
         self.auth.accept_seq(member.node_id, f.int("s"))
+        member.knows_us = True
         items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         if items:
             self._on_items(items)
@@ -535,17 +550,18 @@ class Gossip:
         handler(self, member, f, addr)
         self._probe_if_due(PROBE_SPREAD * self.tuning.probe_interval_s)
 
-    def _from_stranger(self, msg: wire.Datagram, addr: Address) -> None:
+    def _from_stranger(self, msg: wire.Datagram, addr: Address) -> Member | None:
         """A datagram from an address no member of ours advertises (yet).
 
-        In a join storm a member often hears of us before we hear of it, and its
-        eager pushes would be lost. Without a known sender the MAC cannot be
-        checked, so only what is signed on its own counts: the records it
-        carries, each verified at its origin, rate-limited per source like
-        hellos. Probes and claims from strangers are still dropped.
+        In a join storm a member often hears of us before we hear of it. Without a
+        known sender the MAC cannot be checked, so only what is signed on its own
+        counts: the records it carries, each verified at its origin, rate-limited
+        per source like hellos. A probe to a member that has not yet answered us
+        carries our own node record (`_send`): if one of the records introduces the
+        sender at this address, it is no stranger any more and the datagram is
+        handled as any other (its MAC still decides), so a new member's first
+        probes are answered instead of ending in a false suspicion.
         """
-        self.stats.dropped[_UnknownSender.reason] += 1
-        self._catch_up()
         self._rate_limit(addr[0])
         items = Fields(msg.body, msg.type.name.lower()).list(
             "p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
@@ -553,6 +569,12 @@ class Gossip:
                    if isinstance(item, list) and len(item) == 2 and item[0] == ITEM_RECORD]
         if records:
             self._merge(records, eager=True)
+        sender = self._by_address.get(addr)
+        member = self.members.get(sender) if sender is not None else None
+        if member is None:
+            self.stats.dropped[_UnknownSender.reason] += 1
+            self._catch_up()
+        return member
 
     def _catch_up(self, peer: Member | None = None) -> None:
         """Our table lags: someone knows of us whom we do not know, updates arrive faster
@@ -595,10 +617,9 @@ class Gossip:
         # node N records times the retransmit limit.
         news = [change.new for change in result.changes if eager and change.new is not None]
         quiet = len(self._broadcasts) < EAGER_QUEUE_LIMIT
-        fresh = [self._queue_record(record) for record in news]
-        if fresh and (quiet or any(record.origin == self.node_id for record in news)):
-            self._eager_push(fresh, fanout)
-        elif fresh:
+        if news and (quiet or any(record.origin == self.node_id for record in news)):
+            self._eager_push([self._queue_record(record) for record in news], fanout)
+        elif news:
             self._catch_up()
         for change in result.changes:
             self._on_change(change)
@@ -898,12 +919,18 @@ class Gossip:
             self._send(member, MsgType.GOSSIP, {})
 
     def _push_pull(self, settling: bool) -> None:
-        """Anti-entropy. Settling after a join: a push-pull with a random member. Else
+        """Anti-entropy. Settling after a join: a push-pull with the seed that answered
+        (in a join storm every hello reached it, so it knows every joiner by then), then
+        with random members. Else
         the next probe carries our table hash (the target opens a push-pull if its table
         differs), or, half the time while some members are dead, a push-pull to a dead
         one (it may be back: how a healed partition finds out)."""
         dead = [m for m in self.members.values() if m.state == DEAD and m.address]
-        if settling:
+        seed = self.members.get(self._seed_answered) if self._seed_answered else None
+        self._seed_answered = None
+        if settling and seed is not None and _reachable(seed):
+            targets = [seed]
+        elif settling:
             targets = self._random_members(1)
         elif dead and self.rng.random() < 0.5:
             targets = [self.rng.choice(dead)]
@@ -987,6 +1014,7 @@ class Gossip:
             member = self.members.get(msg.sender)
             if member is not None and member.address is not None:
                 self._syncs.append((msg.sender, member.address))
+            self._seed_answered = msg.sender
             self._settle_gaps = [gap * self.tuning.probe_interval_s for gap in JOIN_SETTLE_GAPS]
             self._push_pull_at = self._now + self._settle_gaps[0]
 

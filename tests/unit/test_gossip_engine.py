@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from meshd import wire
+from meshd.gossip.auth import MAC_BYTES
 from meshd.gossip.engine import (
     CLAIM_DEAD, CLAIM_SUSPECT, EAGER_QUEUE_LIMIT, PROBE_SPREAD, Claim, Gossip, parse_address,
 )
@@ -247,10 +248,34 @@ def test_a_replayed_datagram_is_dropped(trio: Router) -> None:
 
 def test_a_datagram_from_a_stranger_is_dropped_before_any_work() -> None:
     router, known, stranger = _stranger_pair()
-    data = _sealed_ping(router, 1, 0)
+    stranger._send(stranger.members[known.node_id], MsgType.PING, {"n": 1}, [])
+    ((data, _),) = stranger.datagrams_to_send()
     known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
     assert known.stats.dropped["unknown_sender"] == 1
     assert known.datagrams_to_send() == []
+
+
+def test_a_probe_introduces_us_to_a_member_that_never_answered() -> None:
+    router, known, stranger = _stranger_pair()
+    data = _sealed_ping(router, 1, 0)
+    known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
+    assert known.stats.dropped["unknown_sender"] == 0
+    assert known.members[stranger.node_id].state == ALIVE
+    answer = known.datagrams_to_send()
+    assert _types(answer) == [MsgType.ACK]
+    stranger.receive_datagram(answer[0][0], router.address(0), router.now, router.wall_ms)
+    assert stranger.members[known.node_id].knows_us
+    again = _sealed_ping(router, 1, 0)
+    assert len(again) < len(data) - 300            # it answered: no introduction any more
+
+
+def test_an_introduction_does_not_lend_its_address_to_a_forger() -> None:
+    router, known, stranger = _stranger_pair()
+    honest = _sealed_ping(router, 1, 0)
+    forged = honest[:-MAC_BYTES] + bytes(MAC_BYTES)
+    known.receive_datagram(forged, router.address(1), router.now, router.wall_ms)
+    assert known.datagrams_to_send() == []
+    assert known.stats.dropped["bad_signature"] == 1
 
 
 def _stranger_pair() -> tuple[Router, Gossip, Gossip]:
@@ -337,14 +362,18 @@ def test_a_restarted_node_outbids_rumours_of_its_death(trio: Router) -> None:
 
 
 def test_signed_records_from_a_stranger_still_get_in() -> None:
-    router, known, stranger = _stranger_pair()
-    own = stranger.table.node(stranger.node_id)
+    _, members = make_cluster(3)
+    router = Router(members)
+    known, stranger, third = router.engines
+    stranger._merge([e.table.node(e.node_id).to_wire() for e in (known, third)], eager=False)
+    stranger.datagrams_to_send()
     stranger._send(stranger.members[known.node_id], MsgType.GOSSIP, {},
-                   [[0, own.to_wire()]])
+                   [[0, third.table.node(third.node_id).to_wire()]])
     ((data, _),) = stranger.datagrams_to_send()
     known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
     assert known.stats.dropped["unknown_sender"] == 1
-    assert stranger.node_id in known.members       # its signed record got in
+    assert third.node_id in known.members          # its signed record got in
+    assert stranger.node_id not in known.members
 
 
 # --- dissemination under load, anti-entropy, wake-ups ------------------------------------
@@ -382,8 +411,10 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     receiver.datagrams_to_send()
     receiver.syncs_to_start()
     receiver._catch_up_at = 0.0
+    queued = receiver.queued_broadcasts
     receiver._merge(_tag_updates(members[10:11], 10**13), eager=True)
     assert _gossip_to(router, 0) == []
+    assert receiver.queued_broadcasts == queued           # nor relayed later, ~3 a datagram
     assert len(receiver.syncs_to_start()) == 1
     own = receiver.table.node(receiver.node_id)
     receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
@@ -447,21 +478,26 @@ def test_a_probe_goes_early_on_a_wake_up_and_the_probe_rate_stays() -> None:
         assert 58 <= sum(1 for sender, _ in pings if sender == i) <= 61
 
 
-def test_a_joiner_syncs_again_soon_after_its_join_sync() -> None:
-    _, members = make_cluster(3)
+def test_a_joiner_syncs_again_soon_after_its_join_sync_first_with_its_seed() -> None:
+    _, members = make_cluster(6)
     router = Router(members)
-    joiner = router.engines[2]
+    for engine in router.engines[1:5]:
+        engine.join([router.address(0)], router.now, router.wall_ms)
+    router.flush()
+    joiner, seed = router.engines[5], router.engines[0]
     joiner.join([router.address(0)], router.now, router.wall_ms)
     router.flush()
     start = router.now
-    times = []
+    times, peers = [], []
     for _ in range(60):
         router.now += 0.05
         if joiner.next_deadline() <= router.now:
             joiner.handle_timer(router.now, router.wall_ms)
-        if joiner.syncs_to_start():
+        for peer, _ in joiner.syncs_to_start():
             times.append(round(router.now - start, 2))
+            peers.append(peer)
     assert times == [0.25, 0.75, 1.75]
+    assert peers[0] == seed.node_id          # in a join storm the seed heard every hello
 
 
 def _pings_with_hash(router: Router, start: int) -> list[int]:
