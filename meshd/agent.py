@@ -85,8 +85,11 @@ log = logging.getLogger("meshd.agent")
 
 FRAME_HEADER = struct.Struct(">I")
 SYNC_TIMEOUT_S = 10.0
-# Inbound push-pulls at once: a join storm sends every joiner to its seed together.
+# Inbound push-pulls at once, and more that wait for one of those to end: a join storm
+# sends every joiner to its seed together, and on a loaded host each exchange waits on
+# its initiator's turn for the CPU. A refused joiner would wait for its next settling sync.
 MAX_SYNCS_IN = 32
+MAX_SYNCS_WAITING = 96
 # An opening SYNC_HASH is a hash and a few claims; bigger frames need a verified peer.
 MAX_OPENING_FRAME_BYTES = 64 * 1024
 MAX_SYNCS_OUT = 4
@@ -365,7 +368,8 @@ class Agent:
         sock.setblocking(False)
         self._sock = sock
         sync = serve.Listener("sync.conn", self._serve_sync, MAX_SYNCS_IN,
-                              lambda: self.drop("sync_busy"), self._connection_error)
+                              lambda: self.drop("sync_busy"), self._connection_error,
+                              waiting=MAX_SYNCS_WAITING)
         servers = [("sync.server", sync, await self._tcp_server(stack, sync, "gossip.listen", listen))]
         if self.config.metrics is not None:
             site = serve.Listener("metrics.conn", self._serve_metrics, MAX_METRICS_CONNECTIONS,

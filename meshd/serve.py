@@ -1,8 +1,9 @@
 """Stream servers for the agent: bounded accepting, and one small HTTP/1.1 exchange.
 
 `Listener` turns an `asyncio.Server`'s connections into tasks of the agent's
-`TaskGroup` (no task outlives the agent), at most `limit` at once; a
-connection beyond that is closed at once and counted. Whatever one
+`TaskGroup` (no task outlives the agent), at most `limit` at once; up to
+`waiting` more wait for a slot (a burst is served late rather than refused),
+and a connection beyond those is closed at once and counted. Whatever one
 connection raises is reported to `on_error` and ends that connection only.
 
 `http_exchange` serves one request per connection with h11 (the sans-IO
@@ -33,13 +34,17 @@ ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 
 
 class Listener:
-    """Runs each accepted connection as a task of `group`, at most `limit` at once."""
+    """Runs each accepted connection as a task of `group`, at most `limit` at once
+    and `waiting` more queued for a slot."""
 
     def __init__(self, name: str, handler: ConnectionHandler, limit: int,
-                 on_refused: Callable[[], None], on_error: Callable[[BaseException], None]) -> None:
+                 on_refused: Callable[[], None], on_error: Callable[[BaseException], None],
+                 waiting: int = 0) -> None:
         self.name = name
         self._handler = handler
         self._slots = asyncio.Semaphore(limit)
+        self._capacity = limit + waiting
+        self._admitted = 0
         self._on_refused = on_refused
         self._on_error = on_error
         self._group: asyncio.TaskGroup | None = None
@@ -52,20 +57,22 @@ class Listener:
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The server's connection callback: hand the connection to the group, or refuse it."""
-        if self._group is None or self._slots.locked():
+        if self._group is None or self._admitted >= self._capacity:
             self._on_refused()
             writer.close()
             return
+        self._admitted += 1
         self._group.create_task(self._run(reader, writer), name=f"{self.name}.conn")
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._slots:
-            try:
+        try:
+            async with self._slots:
                 await self._handler(reader, writer)
-            except Exception as exc:  # one connection's failure must never end the agent
-                self._on_error(exc)
-            finally:
-                await close_writer(writer)
+        except Exception as exc:  # one connection's failure must never end the agent
+            self._on_error(exc)
+        finally:
+            self._admitted -= 1
+            await close_writer(writer)
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -144,6 +144,35 @@ async def test_connections_beyond_the_limit_are_refused(served) -> None:
     raise AssertionError("the freed slots were never reused")
 
 
+async def test_a_burst_beyond_the_limit_waits_for_a_slot_and_only_the_rest_is_refused(
+        tmp_path: Path) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+
+    refused: list[None] = []
+    listener = serve.Listener("echo.conn", echo, 1, lambda: refused.append(None), print, waiting=1)
+    path = tmp_path / "e.sock"
+    server = await asyncio.start_unix_server(listener.accept, str(path), start_serving=False)
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(listener.serve(server, group))
+        for _ in range(100):
+            if server.is_serving():
+                break
+            await asyncio.sleep(0.01)
+        first, second, third = [await asyncio.open_unix_connection(str(path)) for _ in range(3)]
+        async with asyncio.timeout(5):
+            assert await third[0].read() == b""            # beyond limit + waiting: closed
+            second[1].write(b"two\n")
+            first[1].write(b"one\n")
+            assert await first[0].readline() == b"one\n"
+            assert await second[0].readline() == b"two\n"  # served once the first ended
+        assert len(refused) == 1
+        for _, writer in (first, second, third):
+            writer.close()
+        task.cancel()
+
+
 def test_metrics_text_format() -> None:
     text = metrics.exposition([
         metrics.Family.by_label("meshd_dropped_total", metrics.COUNTER, "Dropped.", "reason",
