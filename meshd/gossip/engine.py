@@ -735,8 +735,13 @@ class Gossip:
             return
         self._probe_number += 1
         timeout = scaled_timeout(self.tuning.probe_timeout_s, self.awareness)
-        self._probes[self._probe_number] = Probe(target.node_id, self._probe_number,
-                                                 self._now + timeout, verify=verify)
+        probe = Probe(target.node_id, self._probe_number, self._now + timeout, verify=verify)
+        self._probes[self._probe_number] = probe
+        if verify:
+            # A confirmation is worth having fast, and only if the path is really gone:
+            # the direct ping and the helpers' go out at once, one timeout for all.
+            self._go_indirect(probe, target)
+            return
         body: dict[str, Any] = {"n": self._probe_number}
         unsettled = self._now - self._changed_at < UNSETTLED_PROBES * self.tuning.probe_interval_s
         if (self._hash_check or unsettled) and not verify:
@@ -878,7 +883,13 @@ class Gossip:
         max_s = suspicion_max_s(tuning.suspicion_mult, n, tuning.probe_interval_s)
         min_s = min(tuning.suspicion_min_s, max_s)
         if subject.suspicion is None:
-            subject.suspicion = Suspicion(claim.incarnation, self._now, set(), self._now + max_s, {})
+            # The clock starts when the claimant accused, not when the claim reached us, so
+            # every node's floor ends together (one reached by a later gossip round is not
+            # the last to see the death); backdated by at most the floor, so a lying
+            # claimant barely shortens the long timeout a lone accuser waits.
+            age_s = min(max(0.0, (self._wall_ms - claim.wall_ms) / 1000), min_s)
+            started = self._now - age_s
+            subject.suspicion = Suspicion(claim.incarnation, started, set(), started + max_s, {})
             self._suspects[subject.node_id] = None
             self._set_state(subject, SUSPECT, MemberSuspected)
         suspicion = subject.suspicion

@@ -23,10 +23,10 @@ class GossipTuning:
     probe_timeout_s: float = 0.4         # direct ack wait before indirect probes (> a LAN RTT)
     indirect_timeout_s: float = 0.5     # wait for ping-req relays before suspecting
     indirect_checks: int = 3             # members asked to probe on our behalf
-    suspicion_min_s: float = 1.0         # floor once enough independent confirmations arrived
+    suspicion_min_s: float = 0.5         # floor once enough independent confirmations arrived
     suspicion_mult: float = 4.0          # max timeout = mult * log10(n) * probe_interval
     confirmations: int = 2               # independent confirmations that shrink to the floor
-    verify_probes: int = 4               # expected members that re-probe a fresh suspect
+    verify_probes: int = 6               # expected members that re-probe a fresh suspect
     retransmit_mult: int = 4             # piggyback limit = mult * ceil(log10(n + 1)); at 2 a
                                          # refutation under 10% loss missed some nodes (sim test)
     fanout: int = 3                      # eager push and gossip targets per round
@@ -50,7 +50,7 @@ class GossipTuning:
     @classmethod
     def local(cls) -> GossipTuning:
         return replace(cls(), probe_interval_s=0.5, probe_timeout_s=0.15, indirect_timeout_s=0.2,
-                       suspicion_min_s=0.6, suspicion_mult=3.0, gossip_interval_s=0.1,
+                       suspicion_min_s=0.3, suspicion_mult=3.0, gossip_interval_s=0.1,
                        push_pull_interval_s=15.0, join_retry_s=0.5)
 
     @classmethod

@@ -22,12 +22,13 @@ def fast_detection_s(t: GossipTuning) -> float:
     """Lifeguard's fast path, the lan promise in docs/protocol.md, plus one period of slack.
 
     The victim's prober comes round within a probe interval; direct then indirect
-    probes time out; verification probes bring confirmations within another
-    probe and indirect timeout, inside `suspicion_min_s`, after which everyone
-    declares it dead. The slack period covers a crash that just missed its prober.
+    probes time out; verification probes (direct and indirect at once) bring
+    confirmations within an indirect timeout, and everyone declares it dead once
+    that and `suspicion_min_s` have passed since the first claim. The slack
+    period covers a crash that just missed its prober.
     """
-    return (t.probe_interval_s + t.probe_timeout_s + t.indirect_timeout_s + t.suspicion_min_s
-            + t.probe_interval_s)
+    return (t.probe_interval_s + t.probe_timeout_s + t.indirect_timeout_s
+            + max(t.indirect_timeout_s, t.suspicion_min_s) + t.probe_interval_s)
 
 
 def guaranteed_detection_s(t: GossipTuning, n: int) -> float:

@@ -176,6 +176,38 @@ def test_a_lone_accuser_waits_the_long_timeout_and_confirmations_shorten_it() ->
     assert suspicion.deadline - observer._now == pytest.approx(tuning.suspicion_min_s)
 
 
+@pytest.mark.parametrize(("age_ms", "counted_s"), [(200, 0.2), (60_000 - 1, None), (-500, 0.0)])
+def test_a_suspicion_runs_from_when_it_was_claimed_backdated_at_most_the_floor(
+        age_ms: int, counted_s: float | None) -> None:
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    observer, subject = router.engines[0], router.engines[5]
+    inc = subject.table.node(subject.node_id).version
+    observer._apply_claim(Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_SUSPECT,
+                                     observer._wall_ms - age_ms))
+    suspicion = observer.members[subject.node_id].suspicion
+    assert suspicion is not None
+    floor = observer.tuning.suspicion_min_s
+    assert observer._now - suspicion.started == pytest.approx(
+        floor if counted_s is None else counted_s)   # a claim from the future counts from now
+
+
+def test_a_verification_probe_asks_helpers_at_once() -> None:
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    verifier, subject = router.engines[0], router.engines[5]
+    verifier.datagrams_to_send()
+    verifier._start_probe(verifier.members[subject.node_id], verify=True)
+    sent = _types(verifier.datagrams_to_send())
+    assert sent.count(MsgType.PING) == 1
+    assert sent.count(MsgType.PING_REQ) == verifier.tuning.indirect_checks
+    (probe,) = verifier._probes.values()
+    assert probe.indirect and probe.deadline - verifier._now == pytest.approx(
+        verifier.tuning.indirect_timeout_s)
+
+
 def test_repeated_claims_by_one_accuser_count_once() -> None:
     _, members = make_cluster(6)
     router = Router(members)
