@@ -655,6 +655,7 @@ class Gossip:
         else:
             was = member.state
             member.incarnation, member.address, member.name = record.version, address, info.name
+            member.knows_us = False     # a new record may be a restart that lost its table
             if member.suspicion and record.version > member.suspicion.incarnation:
                 member.suspicion = None
             if was in (SUSPECT, DEAD) and not info.left:

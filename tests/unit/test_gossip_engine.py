@@ -299,6 +299,10 @@ def test_a_probe_introduces_us_to_a_member_that_never_answered() -> None:
     assert stranger.members[known.node_id].knows_us
     again = _sealed_ping(router, 1, 0)
     assert len(again) < len(data) - 300            # it answered: no introduction any more
+    known.set_tags({"restarted": "maybe"}, router.now, router.wall_ms)
+    for update, _ in known.datagrams_to_send():
+        stranger.receive_datagram(update, router.address(0), router.now, router.wall_ms)
+    assert not stranger.members[known.node_id].knows_us   # its new record: introduce us again
 
 
 def test_an_introduction_does_not_lend_its_address_to_a_forger() -> None:
