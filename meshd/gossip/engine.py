@@ -34,35 +34,33 @@ import nacl.signing
 
 from meshd import wire
 from meshd.errors import (
-    MeshdError, RateLimitedError, RemoteError, StaleError, WireError, WrongOriginError,
+    MeshdError, RemoteError, StaleError, WireError,
 )
 from meshd.gossip.auth import MAC_BYTES, PairwiseAuth
 from meshd.gossip.broadcast import BroadcastQueue
+from meshd.gossip.claims import CLAIM_DEAD, CLAIM_SUSPECT, CLAIM_TTL_MS, Claim, Suspicion
 from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberEvent, MemberJoined, MemberLeft,
     MemberReaped, MemberSuspected, MemberUpdated, RecordsMerged,
 )
+from meshd.gossip.hello import Hellos
 from meshd.gossip.sync import SyncSession
 from meshd.gossip.tuning import (
     GossipTuning, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
 )
-from meshd.identity import sign, verify
+from meshd.identity import verify
 from meshd.records import KIND_NODE, NODE_KEY, NodeInfo
-from meshd.table import Change, Digest, MergeResult, Record, Table, VersionClock, parse_record
-from meshd.wire import Domain, Fields, MsgType, Signed
+from meshd.table import Change, Digest, MergeResult, Record, Table, VersionClock
+from meshd.wire import Domain, Fields, MsgType
 
 Address = tuple[str, int]
 
 ITEM_RECORD = 0
 ITEM_CLAIM = 1
-CLAIM_SUSPECT = "suspect"
-CLAIM_DEAD = "dead"
-CLAIM_TTL_MS = 60_000
 MAX_ITEMS_PER_DATAGRAM = 32
 MAX_EVENTS = 10_000
 MAX_OUTBOX = 4_096
 MAX_PENDING_SYNCS = 64
-MAX_NONCES = 10_000
 CATCH_UP_S = 1.0
 # An update is pushed at once and queued for piggybacking only while fewer updates than
 # this wait (our own always are). A busy queue means many updates at once, a join storm:
@@ -92,8 +90,6 @@ HASH_CHECK_BYTES = 16
 # the hash: after a join storm a node that missed a record finds out from its next probe
 # target, not at the next push-pull interval. A settled table pays nothing.
 UNSETTLED_PROBES = 10
-HELLO_RATE_PER_S = 20.0
-HELLO_BURST = 40.0
 ENVELOPE_OVERHEAD = 64 + MAC_BYTES
 LIVE_STATES = (ALIVE, SUSPECT)
 # Expected members that, on first hearing a claim, also send it to its subject: its
@@ -111,48 +107,6 @@ def parse_address(text: str) -> Address:
 def default_address(info: NodeInfo) -> Address | None:
     """Membership-only mode gossips on the address the node advertises."""
     return parse_address(info.gossip) if info.gossip else None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A member's signed statement that another seemed unreachable (or dead) at an incarnation."""
-
-    claimant: bytes
-    subject: bytes
-    incarnation: int
-    kind: str
-    wall_ms: int
-    signed: Signed = field(repr=False)
-
-    @classmethod
-    def make(cls, key: nacl.signing.SigningKey, subject: bytes, incarnation: int, kind: str,
-             wall_ms: int) -> Claim:
-        claimant = bytes(key.verify_key)
-        body = {"by": claimant, "sub": subject, "inc": incarnation, "k": kind, "t": wall_ms}
-        return cls(claimant, subject, incarnation, kind, wall_ms,
-                   sign(key, Domain.CLAIM, wire.pack(body)))
-
-    @classmethod
-    def parse(cls, obj: Any) -> Claim:
-        signed = Signed.from_wire(obj, "claim")
-        f = Fields(wire.unpack(signed.payload, wire.MAX_BIN_BYTES), "claim")
-        kind = f.str("k", max_len=16)
-        if kind not in (CLAIM_SUSPECT, CLAIM_DEAD):
-            raise WireError(f"claim: unknown kind {kind!r}")
-        return cls(f.bytes("by", size=32), f.bytes("sub", size=32), f.int("inc"), kind,
-                   f.int("t"), signed)
-
-    def to_wire(self) -> list[bytes]:
-        return self.signed.to_wire()
-
-
-@dataclass(slots=True)
-class Suspicion:
-    incarnation: int
-    started: float
-    claimants: set[bytes]
-    deadline: float
-    claims: dict[bytes, Claim]
 
 
 @dataclass(slots=True)
@@ -194,12 +148,6 @@ class Stats:
     dropped: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-@dataclass(slots=True)
-class _TokenBucket:
-    tokens: float
-    stamp: float
-
-
 class Gossip:
     """One node's membership protocol. All I/O is the caller's."""
 
@@ -237,7 +185,7 @@ class Gossip:
         self._push_pull_at = 0.0
         self._collect_at = 0.0
         self._seeds: list[Address] = []
-        self._hellos: dict[bytes, float] = {}
+        self._hellos = Hellos(key, tuning.hello_skew_s, rng)
         self._join_at: float | None = None
         self._catch_up_at = 0.0
         self._settle_gaps: list[float] = []
@@ -245,8 +193,6 @@ class Gossip:
         self._hash_check = False
         self._changed_at = -math.inf
         self._joined = False
-        self._nonces: dict[bytes, float] = {}
-        self._buckets: dict[str, _TokenBucket] = {}
         self._now = 0.0
         self._wall_ms = 0
         self.left = False
@@ -562,7 +508,7 @@ class Gossip:
         handled as any other (its MAC still decides), so a new member's first
         probes are answered instead of ending in a false suspicion.
         """
-        self._rate_limit(addr[0])
+        self._hellos.rate_limit(addr[0], self._now)
         items = Fields(msg.body, msg.type.name.lower()).list(
             "p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         records = [item[1] for item in items or ()
@@ -962,85 +908,45 @@ class Gossip:
                 self._forget(member.node_id)
         for change in self.table.collect(self._wall_ms):
             self._on_change(change)
-        horizon = self._now - 2 * self.tuning.hello_skew_s
-        self._nonces = {n: t for n, t in self._nonces.items() if t > horizon}
+        self._hellos.collect(self._now)
 
     # --- joining -------------------------------------------------------------------
 
-    def _hello_body(self, reply_to: bytes | None) -> list[bytes]:
-        nonce = self.rng.randbytes(16)
+    def _own_record(self) -> list[Any]:
         record = self.table.node(self.node_id)
         assert record is not None
-        body: dict[str, Any] = {"rec": record.to_wire(), "t": self._wall_ms, "nonce": nonce}
-        if reply_to is not None:
-            body["re"] = reply_to
-        else:
-            self._hellos[nonce] = self._now
-        return sign(self.key, Domain.HELLO, wire.pack(body)).to_wire()
+        return record.to_wire()
 
     def _send_hellos(self) -> None:
         if self._joined:
             self._join_at = None
             return
         for seed in self._seeds:
-            self._emit(wire.encode_message(MsgType.HELLO, self.node_id, self._hello_body(None)), seed)
+            self._emit(self._hellos.make(self._own_record(), self._now, self._wall_ms), seed)
         self._join_at = self._now + self.tuning.join_retry_s
-        if len(self._hellos) > 64:
-            oldest = sorted(self._hellos, key=self._hellos.__getitem__)[:-64]
-            for nonce in oldest:
-                del self._hellos[nonce]
 
     def _on_hello(self, msg: wire.Message, addr: Address) -> None:
         """The one thing accepted from strangers: a signed, fresh, CA-checked self-introduction."""
-        self._rate_limit(addr[0])
-        signed = Signed.from_wire(msg.body, "hello")
-        f = Fields(wire.unpack(signed.payload, wire.MAX_BIN_BYTES), "hello")
-        sent_ms, nonce = f.int("t"), f.bytes("nonce", size=16)
-        if abs(sent_ms - self._wall_ms) > self.tuning.hello_skew_s * 1000:
-            raise StaleError("hello timestamp outside the accepted window")
-        if nonce in self._nonces:
-            raise StaleError("replayed hello")
-        reply_to = f.bytes("re", size=16, optional=True)
-        if msg.type == MsgType.HELLO_REPLY and (reply_to is None or reply_to not in self._hellos):
-            raise StaleError("hello reply to nothing we sent")
-        verify(msg.sender, Domain.HELLO, signed)
-        record_obj = f.list("rec", max_len=3)
-        if parse_record(record_obj).origin != msg.sender:
-            raise WrongOriginError("hello carries another node's record")
-        self._nonces[nonce] = self._now
-        if len(self._nonces) > MAX_NONCES:
-            self._nonces.pop(next(iter(self._nonces)))
-        result = self._merge([record_obj], eager=True)
+        self._hellos.rate_limit(addr[0], self._now)
+        hello = self._hellos.check(msg, self._now, self._wall_ms)
+        result = self._merge([hello.record], eager=True)
         if result.rejected:
             return
-        record = self.table.node(msg.sender)
-        if record is None:
+        if self.table.node(hello.sender) is None:
             raise _UnknownSender("hello record does not name its sender")
-        if msg.type == MsgType.HELLO:
-            body = self._hello_body(reply_to=nonce)
-            self._emit(wire.encode_message(MsgType.HELLO_REPLY, self.node_id, body), addr)
-        else:
-            self._joined = True
-            self._join_at = None
-            self._hellos.clear()
-            member = self.members.get(msg.sender)
-            if member is not None and member.address is not None:
-                self._syncs.append((msg.sender, member.address))
-            self._seed_answered = msg.sender
-            self._settle_gaps = [gap * self.tuning.probe_interval_s for gap in JOIN_SETTLE_GAPS]
-            self._push_pull_at = self._now + self._settle_gaps[0]
-
-    def _rate_limit(self, source: str) -> None:
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            if len(self._buckets) >= MAX_NONCES:
-                self._buckets.clear()
-            bucket = self._buckets[source] = _TokenBucket(HELLO_BURST, self._now)
-        bucket.tokens = min(HELLO_BURST, bucket.tokens + (self._now - bucket.stamp) * HELLO_RATE_PER_S)
-        bucket.stamp = self._now
-        if bucket.tokens < 1:
-            raise RateLimitedError(f"too many hellos from {source}")
-        bucket.tokens -= 1
+        if not hello.is_reply:
+            self._emit(self._hellos.make(self._own_record(), self._now, self._wall_ms,
+                                         reply_to=hello.nonce), addr)
+            return
+        self._joined = True
+        self._join_at = None
+        self._hellos.answered()
+        member = self.members.get(hello.sender)
+        if member is not None and member.address is not None:
+            self._syncs.append((hello.sender, member.address))
+        self._seed_answered = hello.sender
+        self._settle_gaps = [gap * self.tuning.probe_interval_s for gap in JOIN_SETTLE_GAPS]
+        self._push_pull_at = self._now + self._settle_gaps[0]
 
 
 def _packed(sized: list[tuple[Any, int]], budget: int) -> Iterable[list[Any]]:

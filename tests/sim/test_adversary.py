@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from meshd.gossip.engine import CLAIM_DEAD, CLAIM_SUSPECT, ITEM_CLAIM, Claim, Gossip
+from meshd.gossip.claims import CLAIM_DEAD, CLAIM_SUSPECT, Claim
+from meshd.gossip.engine import ITEM_CLAIM, Gossip
 from meshd.gossip.events import ALIVE, SUSPECT
 from meshd.sim.cluster import Cluster
 from meshd.wire import MsgType

@@ -7,16 +7,14 @@ datagrams to the others, at a virtual time the test controls.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Callable
 
 import pytest
 
 from meshd import wire
 from meshd.gossip.auth import MAC_BYTES
-from meshd.gossip.engine import (
-    CLAIM_DEAD, CLAIM_SUSPECT, EAGER_QUEUE_LIMIT, PROBE_SPREAD, Claim, Gossip, parse_address,
-)
+from meshd.gossip.claims import CLAIM_DEAD, CLAIM_SUSPECT, Claim
+from meshd.gossip.engine import EAGER_QUEUE_LIMIT, PROBE_SPREAD, Gossip, parse_address
 from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
