@@ -257,10 +257,12 @@ class Agent:
     async def set_tags(self, tags: Mapping[str, str], unset: Iterable[str] = ()) -> Mapping[str, str]:
         """Set and unset tags: a newer signed node record, pushed at once and persisted."""
         engine = self._running()
-        merged = merge_tags(engine.info.tags, tags, unset)
-        if merged != dict(engine.info.tags):
-            with self._lock:
+        with self._lock:   # the gossip thread replaces `info` when it refutes a claim
+            current = dict(engine.info.tags)
+            merged = merge_tags(current, tags, unset)
+            if merged != current:
                 engine.set_tags(merged, time.monotonic(), wall_ms())
+        if merged != current:
             self._after_input()
             await self._save_state()
         return MappingProxyType(merged)
