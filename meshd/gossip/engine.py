@@ -176,7 +176,7 @@ class Gossip:
         self._syncs: collections.deque[tuple[bytes, Address]] = collections.deque()
         self._probes: dict[int, Probe] = {}
         self._probe_number = 0
-        self._ring: list[bytes] = [self.node_id]
+        self._ring: list[bytes] = [self.node_id]   # us and members alive or suspect, sorted
         # Datagrams name no sender: its address picks the MAC key (docs/protocol.md).
         self._by_address: dict[Address, bytes] = {}
         self._probe_at = 0.0
@@ -443,12 +443,19 @@ class Gossip:
         self._emit(data, addr)
 
     def _introduction(self, member: Member, msg_type: MsgType) -> tuple[list[Any], int]:
-        """Our node record for a probe to a member not yet heard from (and the room
-        left): it may not know us yet, and would drop a probe it cannot authenticate."""
+        """Our node record for a probe to a member not yet heard from while tables are
+        still settling (and the room left): it may not know us yet, and would drop a
+        probe it cannot authenticate. Once our table has been quiet a while, every
+        member holds our record: the first probe of each pair pays nothing then."""
         record = self.table.node(self.node_id)
-        if member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ) or record is None:
+        if (member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ)
+                or record is None or not self._unsettled()):
             return [], PIGGYBACK_BUDGET
         return [[ITEM_RECORD, record.to_wire()]], PIGGYBACK_BUDGET - record.wire_size() - 4
+
+    def _unsettled(self) -> bool:
+        """Our table changed in the last `UNSETTLED_PROBES` probe intervals."""
+        return self._now - self._changed_at < UNSETTLED_PROBES * self.tuning.probe_interval_s
 
     def _emit(self, data: bytes, addr: Address) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
@@ -617,7 +624,12 @@ class Gossip:
         return [m for m in map(self.members.get, self._suspects) if m is not None]
 
     def _set_state(self, member: Member, state: str, event: type[MemberEvent]) -> None:
-        self._live_members += (state in LIVE_STATES) - (member.state in LIVE_STATES)
+        was_live, live = member.state in LIVE_STATES, state in LIVE_STATES
+        self._live_members += live - was_live
+        if live and not was_live:
+            bisect.insort(self._ring, member.node_id)
+        elif was_live and not live:
+            self._ring.pop(bisect.bisect_left(self._ring, member.node_id))
         member.state = state
         member.since = self._now
         self._event(event(member.node_id, member.name, member.incarnation))
@@ -631,9 +643,10 @@ class Gossip:
     def _forget(self, origin: bytes) -> None:
         member = self.members.pop(origin, None)
         if member is not None:
-            self._live_members -= member.state in LIVE_STATES
+            if member.state in LIVE_STATES:
+                self._live_members -= 1
+                self._ring.pop(bisect.bisect_left(self._ring, origin))
             self._set_address(origin, member.address, None)
-            self._ring.pop(bisect.bisect_left(self._ring, origin))
             self._event(MemberReaped(origin, member.name, member.incarnation))
 
     # --- probes ------------------------------------------------------------------
@@ -649,20 +662,26 @@ class Gossip:
         self._schedule_probe(due)
 
     def _schedule_probe(self, due: float) -> None:
-        """The next probe: at our offset into the round `awareness + 1` rounds after the
-        one `due` (or now, if later) falls in (Lifeguard: a struggling node probes less)."""
+        """The next probe: at our offset into the round after the one `due` (or now, if
+        later) falls in. Every round, whatever our health: each member has one prober a
+        round on the ring, so a prober that skipped rounds (memberlist's scaled interval)
+        would leave its targets unprobed; Lifeguard's patience is in the timeouts."""
         interval_ms = int(self.tuning.probe_interval_s * 1000)
         base_ms = self._wall_ms + round((max(due, self._now) - self._now) * 1000)
-        next_ms = (base_ms // interval_ms + self.awareness + 1) * interval_ms + self._probe_offset_ms
+        next_ms = (base_ms // interval_ms + 1) * interval_ms + self._probe_offset_ms
         self._probe_at = self._now + (next_ms - self._wall_ms) / 1000
 
     def _next_target(self, due_wall_ms: int) -> Member | None:
-        """This round's target: our successor on the ID ring at a shift every node agrees on.
+        """This round's target: our successor on the ring of live members (and us) at a
+        shift every node agrees on.
 
         The shift comes from the wall-clock round number (of when the probe was due, so
         an early probe keeps its round), so within one probe interval every member is
         probed by exactly one member (views agreeing): a crashed node is found within
-        one interval, not after a random wait.
+        one interval, not after a random wait. The ring holds live members only: with
+        dead ones on it, skipping them made some members the target of two probers and
+        others of none, for rounds on end (a kill after five others waited 3.9 s for
+        its first probe).
         """
         n = len(self._ring)
         if n < 2:
@@ -690,8 +709,7 @@ class Gossip:
             self._go_indirect(probe, target)
             return
         body: dict[str, Any] = {"n": self._probe_number}
-        unsettled = self._now - self._changed_at < UNSETTLED_PROBES * self.tuning.probe_interval_s
-        if (self._hash_check or unsettled) and not verify:
+        if (self._hash_check or self._unsettled()) and not verify:
             body["h"] = self.table.table_hash[:HASH_CHECK_BYTES]
             self._hash_check = False
         self._send(target, MsgType.PING, body)

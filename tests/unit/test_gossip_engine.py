@@ -14,9 +14,11 @@ import pytest
 from meshd import wire
 from meshd.gossip.auth import MAC_BYTES
 from meshd.gossip.claims import CLAIM_DEAD, CLAIM_SUSPECT, Claim
-from meshd.gossip.engine import EAGER_QUEUE_LIMIT, PROBE_SPREAD, Gossip, parse_address
+from meshd.gossip.engine import (
+    EAGER_QUEUE_LIMIT, PROBE_SPREAD, UNSETTLED_PROBES, Gossip, parse_address,
+)
 from meshd.gossip.events import (
-    ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberJoined, MemberLeft, MemberSuspected,
+    ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
 )
 from meshd.gossip.tuning import GossipTuning, suspicion_max_s
@@ -303,6 +305,16 @@ def test_a_probe_introduces_us_to_a_member_that_never_answered() -> None:
     assert not stranger.members[known.node_id].knows_us   # its new record: introduce us again
 
 
+def test_once_its_table_settled_a_node_probes_without_an_introduction() -> None:
+    router, known, stranger = _stranger_pair()
+    quiet_s = (UNSETTLED_PROBES + 1) * stranger.tuning.probe_interval_s
+    member = stranger.members[known.node_id]
+    assert stranger._introduction(member, MsgType.PING)[0]
+    stranger._tick(stranger._now + quiet_s, router.wall_ms + int(quiet_s * 1000))
+    assert not member.knows_us
+    assert stranger._introduction(member, MsgType.PING)[0] == []
+
+
 def test_an_introduction_does_not_lend_its_address_to_a_forger() -> None:
     router, known, stranger = _stranger_pair()
     honest = _sealed_ping(router, 1, 0)
@@ -498,6 +510,36 @@ def test_every_node_probes_once_a_round_at_its_start() -> None:
                 per_round[(i, round_no)] = per_round.get((i, round_no), 0) + 1
     assert set(per_round.values()) == {1}
     assert len(per_round) >= 6 * 9
+
+
+def test_with_dead_members_every_live_member_still_has_one_prober_a_round() -> None:
+    _, members = make_cluster(9)
+    router = Router(members)
+    router.join_all()
+    dead = [e.node_id for e in router.engines[4:8]]
+    live = [e for e in router.engines if e.node_id not in dead]
+    for engine in live:
+        for node_id in dead:
+            engine._set_state(engine.members[node_id], DEAD, MemberDied)
+    for round_no in range(20):
+        targets = [e._next_target(WALL_MS + round_no * 1000).node_id for e in live]
+        assert sorted(targets) == sorted(e.node_id for e in live)
+
+
+def test_a_node_in_poor_health_still_probes_every_round() -> None:
+    """Its ring targets have no other prober this round; its patience is in its timeouts."""
+    _, members = make_cluster(6)
+    router = Router(members)
+    router.join_all()
+    router.advance(3.0)
+    router.engines[2].awareness = 3
+    rounds = set()
+    for _ in range(60):                      # 3 s
+        start = len(router.sent)
+        router.advance(0.05)
+        rounds |= {router.wall_ms // 1000 for i, _, data in router.sent[start:]
+                   if i == 2 and wire.decode_datagram_prefix(data)[0].type == MsgType.PING}
+    assert len(rounds) == 3
 
 
 def test_a_probe_goes_early_on_a_wake_up_and_the_probe_rate_stays() -> None:
