@@ -28,7 +28,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 import nacl.signing
 
@@ -381,12 +381,20 @@ class Gossip:
     def _queue_record(self, record: Record) -> tuple[Any, int]:
         """Queue a record for piggybacking; the item and its size, for an eager push."""
         item, size = [ITEM_RECORD, record.to_wire()], record.wire_size() + 4
-        self._broadcasts.push(record.ident, item, size)
+        self._enqueue(record.ident, item, size)
         return item, size
+
+    def _enqueue(self, key: Hashable, item: Any, size: int) -> None:
+        """Queue an item for piggybacking. An idle node's gossip-round timer is not armed
+        (see `next_deadline`); armed again from now, so an old `_gossip_at` never reads
+        as a timer handled late, which would count against our own health."""
+        if not len(self._broadcasts):
+            self._gossip_at = max(self._gossip_at, self._now + self.tuning.gossip_interval_s)
+        self._broadcasts.push(key, item, size)
 
     def _spread_claim(self, claim: Claim, direct_to: Member | None = None) -> None:
         item, size = [ITEM_CLAIM, claim.to_wire()], len(claim.signed.payload) + 80
-        self._broadcasts.push(("claim", claim.claimant, claim.subject), item, size)
+        self._enqueue(("claim", claim.claimant, claim.subject), item, size)
         self._eager_push([(item, size)], None, extra=direct_to)
 
     def _eager_push(self, sized: list[tuple[Any, int]], fanout: int | None,

@@ -526,6 +526,20 @@ def test_with_dead_members_every_live_member_still_has_one_prober_a_round() -> N
         assert sorted(targets) == sorted(e.node_id for e in live)
 
 
+def test_an_update_after_a_quiet_spell_does_not_read_as_a_late_timer() -> None:
+    """The gossip-round timer sleeps while the queue is empty; the first update must
+    re-arm it, not look like a round missed long ago (Lifeguard would slow us down)."""
+    _, members = make_cluster(5)
+    router = Router(members)
+    router.join_all()
+    router.advance(40.0, step=0.25)          # queues drained long ago
+    assert all(e.queued_broadcasts == 0 and e.awareness == 0 for e in router.engines)
+    router.engines[1].set_tags({"after": "quiet"}, router.now, router.wall_ms)
+    router.flush()
+    router.advance(0.5)
+    assert [e.awareness for e in router.engines] == [0] * 5
+
+
 def test_a_node_in_poor_health_still_probes_every_round() -> None:
     """Its ring targets have no other prober this round; its patience is in its timeouts."""
     _, members = make_cluster(6)
