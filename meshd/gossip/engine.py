@@ -235,6 +235,10 @@ class Gossip:
         self._tick(now, wall_ms)
         self.left = True
         self._publish_self(replace(self.info, left=True), fanout=self.tuning.fanout * 2)
+        if not self._joined:
+            # Leaving while a join is in flight: the seed may know us from our hello while
+            # we know no member to push to; a hello carries our record, now the `left` one.
+            self._send_hellos()
 
     # --- shell interface -----------------------------------------------------
 

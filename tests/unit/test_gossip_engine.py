@@ -221,6 +221,20 @@ def test_repeated_claims_by_one_accuser_count_once() -> None:
     assert suspicion is not None and len(suspicion.claimants) == 1
 
 
+def test_leaving_before_the_seed_answered_still_tells_the_seed() -> None:
+    _, members = make_cluster(2)
+    router = Router(members)
+    seed, joiner = router.engines
+    joiner.join([router.address(0)], router.now, router.wall_ms)
+    ((hello, _),) = joiner.datagrams_to_send()
+    seed.receive_datagram(hello, router.address(1), router.now, router.wall_ms)
+    seed.datagrams_to_send()                 # its answer is still on its way when we leave
+    assert router.state(0, 1) == ALIVE
+    joiner.leave(router.now, router.wall_ms)
+    router.flush()
+    assert router.state(0, 1) == LEFT
+
+
 def test_leave_is_seen_as_left_not_dead(trio: Router) -> None:
     trio.engines[2].leave(trio.now, trio.wall_ms)
     trio.flush()
