@@ -384,7 +384,7 @@ class Gossip:
 
     def _queue_record(self, record: Record) -> tuple[Any, int]:
         """Queue a record for piggybacking; the item and its size, for an eager push."""
-        item, size = [ITEM_RECORD, record.to_wire()], record.wire_size() + 4
+        item, size = _record_item(record)
         self._enqueue(record.ident, item, size)
         return item, size
 
@@ -463,7 +463,8 @@ class Gossip:
         if (member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ)
                 or record is None or not self._unsettled()):
             return [], PIGGYBACK_BUDGET
-        return [[ITEM_RECORD, record.to_wire()]], PIGGYBACK_BUDGET - record.wire_size() - 4
+        item, size = _record_item(record)
+        return [item], PIGGYBACK_BUDGET - size
 
     def _unsettled(self) -> bool:
         """Our table changed in the last `UNSETTLED_PROBES` probe intervals."""
@@ -992,6 +993,11 @@ def _packed(sized: list[tuple[Any, int]], budget: int) -> Iterable[list[Any]]:
         room -= size
     if group:
         yield group
+
+
+def _record_item(record: Record) -> tuple[list[Any], int]:
+    """A table record as a piggyback item, and the bytes it takes in a datagram."""
+    return [ITEM_RECORD, record.to_wire()], record.wire_size() + 4
 
 
 def _reachable(member: Member) -> bool:
