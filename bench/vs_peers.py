@@ -6,6 +6,10 @@ through agent 1. Per system and N it measures the time until every agent sees: a
 joining, one agent's tag/meta update, a kill -9, and a graceful leave; and, over an idle
 window, CPU % and RSS per agent and gossip bytes per second per agent. "Every agent sees"
 is observed by polling each agent's member list; the time reported is the slowest agent's.
+Where a system stamps what each agent learned and when (meshd's ``since_ms``; kinship's
+events, stamped on delivery by our kinship agent), that time is the stamp, so the poll's
+0.2 s resolution and the time a poll round takes do not count; Serf's `members` has no such
+stamp, so its times are when the first poll that saw the change was answered.
 
 Run as root (the byte counters are an nftables table, created and deleted here), from the
 repository root, with the venv that has kinship installed:
@@ -41,6 +45,7 @@ from peers.common import (
     AgentError,
     Driver,
     DriverSettings,
+    MemberView,
     Status,
     View,
     cpu_seconds,
@@ -69,6 +74,11 @@ POLL_INTERVAL_S = 0.2
 #: Starting N processes (N Python interpreters for kinship) on two cores takes a while.
 READY_BASE_S, READY_PER_AGENT_S = 30.0, 0.5
 MISSING = "✗"
+#: What a view predicate returns for a view that satisfies it: the wall-clock second at which
+#: the agent learned what satisfies it, or UNSTAMPED if its system does not say (Serf), and
+#: None for a view that does not.
+Seen = Callable[[View], float | None]
+UNSTAMPED = math.inf
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ class Poller:
         #: Names the harness killed or made leave; their departures are not false alarms.
         self.stopped: set[str] = set()
         self.false_alarms: set[str] = set()
+        #: Wall clock minus monotonic clock: turns agents' wall-clock stamps into our times.
+        self._wall_offset = time.time() - time.monotonic()
 
     async def limited(self, work: Awaitable[T]) -> T:
         """Runs ``work`` in one of the concurrency slots that polls also share."""
@@ -155,7 +167,7 @@ class Poller:
         return True
 
     async def until_all(
-        self, observers: Sequence[int], seen: Callable[[View], bool], t0: float
+        self, observers: Sequence[int], seen: Seen, t0: float
     ) -> float | None:
         """Seconds from ``t0`` until the slowest observer's view satisfied ``seen``, or None
         if some observer still had not when the timeout ran out. An observer is polled only
@@ -174,11 +186,12 @@ class Poller:
 
     async def sweep(self, agents: Sequence[int]) -> None:
         """Reads every view once, only to catch false alarms."""
-        await self.until_all(agents, lambda _view: True, time.monotonic())
+        await self.until_all(agents, lambda _view: UNSTAMPED, time.monotonic())
 
-    async def _seen_at(self, index: int, seen: Callable[[View], bool]) -> float | None:
+    async def _seen_at(self, index: int, seen: Seen) -> float | None:
         """When agent ``index``'s view, read now, satisfied ``seen``; None if it did not or
-        did not answer. The time is when the answer arrived: an upper bound."""
+        did not answer. That is the time the agent says it learned it, where its system
+        stamps changes, else when the answer arrived (an upper bound)."""
         try:
             view = await self.limited(self._driver.view(index))
         except AgentError as exc:
@@ -186,7 +199,10 @@ class Poller:
             return None
         at = time.monotonic()
         self._note_false_alarms(view)
-        return at if seen(view) else None
+        stamp = seen(view)
+        if stamp is None:
+            return None
+        return min(at, stamp - self._wall_offset)
 
     def _note_false_alarms(self, view: View) -> None:
         for name, member in view.items():
@@ -194,29 +210,41 @@ class Poller:
                 self.false_alarms.add(name)
 
 
-def sees_all_alive(names: Sequence[str]) -> Callable[[View], bool]:
-    """A view that lists every one of ``names`` as alive."""
+def learned(member: MemberView) -> float:
+    """When the observer learned ``member``'s current state and tags; UNSTAMPED if its
+    system does not say."""
+    return UNSTAMPED if member.since is None else member.since
 
-    def seen(view: View) -> bool:
-        return all(name in view and view[name].status is Status.ALIVE for name in names)
+
+def sees_all_alive(names: Sequence[str]) -> Seen:
+    """A view that lists every one of ``names`` as alive; learned when the last one was."""
+
+    def seen(view: View) -> float | None:
+        if not all(name in view and view[name].status is Status.ALIVE for name in names):
+            return None
+        return max(learned(view[name]) for name in names)
 
     return seen
 
 
-def sees_gone(name: str, status: Status) -> Callable[[View], bool]:
+def sees_gone(name: str, status: Status) -> Seen:
     """A view that shows ``name`` in ``status``, or has dropped it from the list."""
 
-    def seen(view: View) -> bool:
-        return name not in view or view[name].status is status
+    def seen(view: View) -> float | None:
+        if name not in view:
+            return UNSTAMPED
+        return learned(view[name]) if view[name].status is status else None
 
     return seen
 
 
-def sees_tag(name: str, key: str, value: str) -> Callable[[View], bool]:
+def sees_tag(name: str, key: str, value: str) -> Seen:
     """A view in which member ``name`` carries tag ``key`` = ``value``."""
 
-    def seen(view: View) -> bool:
-        return name in view and view[name].tags.get(key) == value
+    def seen(view: View) -> float | None:
+        if name in view and view[name].tags.get(key) == value:
+            return learned(view[name])
+        return None
 
     return seen
 
@@ -224,7 +252,7 @@ def sees_tag(name: str, key: str, value: str) -> Callable[[View], bool]:
 async def timed(
     poller: Poller,
     observers: Sequence[int],
-    seen: Callable[[View], bool],
+    seen: Seen,
     action: Awaitable[None],
 ) -> float | None:
     """Starts ``action`` and polls ``observers`` at the same time, since actions such as
@@ -439,7 +467,8 @@ def render(samples: Samples, versions: dict[str, str], plan: Plan) -> str:
         "",
         f"Cells are median / worst over repetitions (one value when they agree). "
         f"{MISSING}: timed out after {plan.timeout_s:g} s or the run failed. "
-        "Times are to the slowest agent, read by polling member lists. Updates: Serf "
+        "Times are to the slowest agent: when it says it learned the change (meshd, kinship), or "
+        "when a poll of its member list first showed it (Serf, which has no stamps). Updates: Serf "
         "`serf tags -set`, kinship `update_meta`. Leave: Serf `serf leave`, kinship SIGTERM. "
         "Bytes: every UDP/TCP packet to or from 127.0.1.0/24, divided by N.",
         "",

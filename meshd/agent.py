@@ -195,14 +195,14 @@ def merge_tags(current: Mapping[str, str], set_: Mapping[str, str],
 
 
 def member_view(node_id: bytes, name: str, state: str, incarnation: int,
-                info: NodeInfo | None) -> Member:
+                info: NodeInfo | None, since_ms: int) -> Member:
     """The public snapshot of one member."""
     addresses: tuple[str, ...] = ()
     tags: Mapping[str, str] = MappingProxyType({})
     if info is not None:
         addresses = ((info.gossip,) if info.gossip else ()) + tuple(info.endpoints)
         tags = MappingProxyType(dict(info.tags))
-    return Member(name, b64(node_id), state, incarnation, addresses, tags)
+    return Member(name, b64(node_id), state, incarnation, addresses, tags, since_ms)
 
 
 # --- the shell -------------------------------------------------------------------
@@ -323,7 +323,7 @@ class Agent:
                 servers = await self._bind(stack)
                 self._started = time.monotonic()
                 engine.start(self._started, wall_ms())
-                self._refresh_members()
+                self._refresh_members(wall_ms())
                 await self._save_state()
                 if self.config.gossip.seeds:
                     engine.join([seed.sockaddr for seed in self.config.gossip.seeds],
@@ -510,7 +510,7 @@ class Agent:
                 if isinstance(event, engine_events.MemberEvent):
                     pending.append(event)
             if pending or engine.clock.last != self._snapshot_version:
-                self._refresh_members()
+                self._refresh_members(now_ms)
             syncs = engine.syncs_to_start()
             version = engine.clock.last
         self._send(datagrams)
@@ -536,19 +536,25 @@ class Agent:
                     public.member.name, public.member.incarnation)
             self.feed.publish(public)
 
-    def _refresh_members(self) -> None:
+    def _refresh_members(self, now_ms: int) -> None:
         """Rebuild the snapshot `members()` returns (a new tuple: readers on other threads
-        always see a whole one). Under the lock."""
+        always see a whole one). A member that has not changed keeps its `since_ms`. Under
+        the lock."""
         engine = self._loaded()
         own = engine.table.node(engine.node_id)
         version = own.version if own is not None else 0
-        current = {engine.node_id: member_view(engine.node_id, engine.info.name,
-                                               LEFT if engine.left else ALIVE, version, engine.info)}
+        views = {engine.node_id: member_view(engine.node_id, engine.info.name,
+                                             LEFT if engine.left else ALIVE, version,
+                                             engine.info, now_ms)}
         for m in engine.members.values():
             record = engine.table.node(m.node_id)
             info = record.info if record is not None else None
-            current[m.node_id] = member_view(m.node_id, m.name, m.state, m.incarnation,
-                                             info if isinstance(info, NodeInfo) else None)
+            views[m.node_id] = member_view(m.node_id, m.name, m.state, m.incarnation,
+                                           info if isinstance(info, NodeInfo) else None, now_ms)
+        current: dict[bytes, Member] = {}
+        for node, view in views.items():
+            before = self._current.get(node)
+            current[node] = before if before == view else view
         self._current = current
         self._snapshot_version = engine.clock.last
         others = sorted((m for node, m in current.items() if node != engine.node_id),
@@ -571,11 +577,11 @@ class Agent:
                 return None
             kind: type[MemberEvent] = MemberTagsChanged
             member = dataclasses.replace(base, state=(known or base).state, tags=tags,
-                                         incarnation=event.incarnation)
+                                         incarnation=event.incarnation, since_ms=now_ms)
         else:
             kind, state = STATE_EVENTS[type(event)]
             member = dataclasses.replace(base, state=state or (known or base).state,
-                                         incarnation=event.incarnation)
+                                         incarnation=event.incarnation, since_ms=now_ms)
         if kind is MemberReaped:
             self._known.pop(event.node_id, None)
         else:

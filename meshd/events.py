@@ -38,11 +38,14 @@ class Member:
     incarnation: int                          # the version of its signed node record
     addresses: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: When this node learned the member's current state, record and tags (wall-clock ms):
+    #: how long a member has been dead, or when an update reached this node, without polling.
+    since_ms: int = field(default=0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "id": self.id, "state": self.state,
                 "incarnation": self.incarnation, "addresses": list(self.addresses),
-                "tags": dict(self.tags)}
+                "tags": dict(self.tags), "since_ms": self.since_ms}
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,17 @@ class MemberView:
 
     status: Status
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: Wall-clock second at which the agent learned the member's current state and tags,
+    #: where the system reports it (meshd; the kinship agent's event stamps); None for Serf,
+    #: whose changes are then timed by the poll that first saw them.
+    since: float | None = None
+
+
+def stamp(since_ms: object) -> float | None:
+    """A member's ``since_ms`` as wall-clock seconds; None if absent or not a number."""
+    if isinstance(since_ms, int) and not isinstance(since_ms, bool) and since_ms > 0:
+        return since_ms / 1000
+    return None
 
 
 #: One agent's member list, by node name. Drivers include failed and left members for as long

@@ -8,6 +8,8 @@ to the gossip traffic counters:
     {"id": 1, "op": "ping"}                           -> {"id": 1}
     {"id": 2, "op": "join", "seed": "127.0.1.1:7947"} -> {"id": 2, "answered": 1}
     {"id": 3, "op": "members"}                        -> {"id": 3, "members": [...]}
+      (each member: name, state, meta and since_ms, the wall-clock ms at which this node's
+      event stream delivered the member's latest change, or null if it did not see one)
     {"id": 4, "op": "meta", "key": "k", "value": "v"} -> {"id": 4}
 
 A failed request answers {"id": N, "error": "..."}. SIGTERM, or the harness closing stdin,
@@ -23,6 +25,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from typing import Any
 
 import kinship
@@ -41,9 +44,29 @@ def build_config(args: argparse.Namespace) -> kinship.Config:
     return kinship.Config.lan(**fields)
 
 
-def member_json(member: kinship.Member) -> dict[str, Any]:
+#: Events that change a member's state or meta: the harness times them by their stamps.
+MEMBER_EVENTS = (
+    kinship.MemberJoined,
+    kinship.MemberSuspect,
+    kinship.MemberRecovered,
+    kinship.MemberDead,
+    kinship.MemberLeft,
+    kinship.MemberUpdated,
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def member_json(member: kinship.Member, since_ms: int | None) -> dict[str, Any]:
     """A member as the harness reads it: state in lower case, meta as a plain dict."""
-    return {"name": member.name, "state": member.state.name.lower(), "meta": dict(member.meta)}
+    return {
+        "name": member.name,
+        "state": member.state.name.lower(),
+        "meta": dict(member.meta),
+        "since_ms": since_ms,
+    }
 
 
 class Agent:
@@ -54,6 +77,21 @@ class Agent:
         # members() lists only alive and suspect nodes; remembering every name seen lets a
         # view also report dead and left members, from member(name), like `serf members`.
         self._known: set[str] = set()
+        #: When the event stream delivered each member's latest change. kinship's events carry
+        #: no time, so the stamp is taken on delivery: never earlier than the core learned it.
+        #: The local node has been what it is since the agent started.
+        self._since_ms: dict[str, int] = {cluster.local.name: now_ms()}
+
+    async def stamp_events(self) -> None:
+        """Stamps every member event as it arrives. After lost events only the local node's
+        stamp is kept (another could predate a lost change): the harness then times those
+        members by its polls."""
+        local = self._cluster.local.name
+        async for event in self._cluster.events():
+            if isinstance(event, kinship.EventsLost):
+                self._since_ms = {local: self._since_ms[local]}
+            elif isinstance(event, MEMBER_EVENTS):
+                self._since_ms[event.member.name] = now_ms()
 
     def members(self) -> list[dict[str, Any]]:
         """Alive and suspect members, plus the dead and left ones kinship still remembers."""
@@ -63,7 +101,7 @@ class Agent:
             tombstone = self._cluster.member(name)
             if tombstone is not None:
                 current[name] = tombstone
-        return [member_json(m) for m in current.values()]
+        return [member_json(m, self._since_ms.get(m.name)) for m in current.values()]
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Runs one request and returns the answer's fields."""
@@ -119,11 +157,16 @@ async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with kinship.Cluster(build_config(args)) as cluster:
-        server = asyncio.create_task(serve(Agent(cluster)))
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({server, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        server.cancel()
-        stopped.cancel()
+        agent = Agent(cluster)
+        tasks = {
+            asyncio.create_task(serve(agent)),
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(agent.stamp_events()),
+        }
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     # Leaving `async with` leaves the cluster (bounded at 5 s), then closes the node.
 
 

@@ -23,6 +23,7 @@ from .common import (
     View,
     agent_ip,
     node_name,
+    stamp,
     run_command,
 )
 
@@ -133,7 +134,10 @@ class KinshipDriver(Driver):
         answer = await self._request(index, op="members")
         try:
             members = answer["members"]
-            return {m["name"]: MemberView(_STATUS[m["state"]], m["meta"]) for m in members}
+            return {
+                m["name"]: MemberView(_STATUS[m["state"]], m["meta"], stamp(m["since_ms"]))
+                for m in members
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise AgentError(f"members on agent {index}: unreadable answer") from exc
 

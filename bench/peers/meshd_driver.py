@@ -35,6 +35,7 @@ from .common import (
     View,
     agent_ip,
     node_name,
+    stamp,
 )
 
 GOSSIP_PORT = 7948
@@ -126,7 +127,10 @@ profile = "{PROFILE}"
     async def view(self, index: int) -> View:
         members = await self._call(index, Client.members)
         try:
-            return {m["name"]: MemberView(_STATUS[m["state"]], m["tags"]) for m in members}
+            return {
+                m["name"]: MemberView(_STATUS[m["state"]], m["tags"], stamp(m["since_ms"]))
+                for m in members
+            }
         except (KeyError, TypeError) as exc:
             raise AgentError(f"members of agent {index}: unreadable answer") from exc
 

@@ -90,5 +90,5 @@ def test_event_json_carries_the_member_and_the_time() -> None:
     assert joined(2).to_json() == {
         "event": "joined", "wall_ms": 2,
         "member": {"name": "n2", "id": "id2", "state": "alive", "incarnation": 2,
-                   "addresses": [], "tags": {}}}
+                   "addresses": [], "tags": {}, "since_ms": 0}}
     assert EventsLost(3).to_json() == {"event": "lost", "count": 3}

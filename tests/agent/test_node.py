@@ -38,6 +38,10 @@ async def next_of(events: meshd.events.Subscription, kind: type, name: str) -> m
     raise AssertionError(f"the subscription ended before a {kind.__name__} for {name}")
 
 
+def member(node: meshd.Node, name: str) -> meshd.Member:
+    return next(m for m in node.members() if m.name == name)
+
+
 @pytest.mark.parametrize("own_thread", [True, False], ids=["own-thread", "host-loop"])
 async def test_events_follow_a_peer_joining_tagging_and_leaving(pair, own_thread: bool) -> None:
     first, second = (meshd.load_config(n.config) for n in pair)
@@ -48,9 +52,13 @@ async def test_events_follow_a_peer_joining_tagging_and_leaving(pair, own_thread
             assert joined.member.state == "alive" and joined.wall_ms > 0
             assert {m.name for m in a.members()} == {"n1", "n2"}
             assert a.members()[0].name == "n1"
+            assert member(a, "n2").since_ms == joined.wall_ms
+            await a.set_tags({"own": "change"})   # a new snapshot: n2 keeps its stamp
+            assert member(a, "n2").since_ms == joined.wall_ms
             assert await b.set_tags({"role": "db"}) == {"role": "db"}
             changed = await next_of(events, meshd.MemberTagsChanged, "n2")
             assert dict(changed.member.tags) == {"role": "db"}
+            assert member(a, "n2").since_ms == changed.wall_ms > joined.wall_ms
         left = await next_of(events, meshd.MemberLeft, "n2")
         assert left.member.state == "left"
         status = await a.status()
