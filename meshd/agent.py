@@ -510,11 +510,11 @@ class Agent:
                 if isinstance(event, engine_events.MemberEvent):
                     pending.append(event)
             if pending or engine.clock.last != self._snapshot_version:
-                self._refresh_members(now_ms)
+                self._refresh_members(now_ms, {event.node_id: event.wall_ms for event in pending})
             syncs = engine.syncs_to_start()
             version = engine.clock.last
         self._send(datagrams)
-        self._publish(pending, now_ms)
+        self._publish(pending)
         for peer, addr in syncs:
             self._start_sync(peer, addr)
         if version != self._saved.version:
@@ -526,9 +526,9 @@ class Agent:
             return []
         return self._pump.send(datagrams)
 
-    def _publish(self, pending: list[engine_events.MemberEvent], now_ms: int) -> None:
+    def _publish(self, pending: list[engine_events.MemberEvent]) -> None:
         for event in pending:
-            public = self._public_event(event, now_ms)
+            public = self._public_event(event)
             if public is None:
                 continue
             level = logging.INFO if isinstance(public, NOTABLE_EVENTS) else logging.DEBUG
@@ -536,21 +536,24 @@ class Agent:
                     public.member.name, public.member.incarnation)
             self.feed.publish(public)
 
-    def _refresh_members(self, now_ms: int) -> None:
+    def _refresh_members(self, now_ms: int, learned: Mapping[bytes, int] = MappingProxyType({})
+                         ) -> None:
         """Rebuild the snapshot `members()` returns (a new tuple: readers on other threads
-        always see a whole one). A member that has not changed keeps its `since_ms`. Under
-        the lock."""
+        always see a whole one). A member that has not changed keeps its `since_ms`; one
+        that has gets the stamp of its latest engine event in `learned`, else `now_ms`.
+        Under the lock."""
         engine = self._loaded()
         own = engine.table.node(engine.node_id)
         version = own.version if own is not None else 0
         views = {engine.node_id: member_view(engine.node_id, engine.info.name,
                                              LEFT if engine.left else ALIVE, version,
-                                             engine.info, now_ms)}
+                                             engine.info, learned.get(engine.node_id, now_ms))}
         for m in engine.members.values():
             record = engine.table.node(m.node_id)
             info = record.info if record is not None else None
             views[m.node_id] = member_view(m.node_id, m.name, m.state, m.incarnation,
-                                           info if isinstance(info, NodeInfo) else None, now_ms)
+                                           info if isinstance(info, NodeInfo) else None,
+                                           learned.get(m.node_id, now_ms))
         current: dict[bytes, Member] = {}
         for node, view in views.items():
             before = self._current.get(node)
@@ -561,7 +564,7 @@ class Agent:
                         key=lambda m: (m.name, m.id))
         self._members = (current[engine.node_id], *others)
 
-    def _public_event(self, event: engine_events.MemberEvent, now_ms: int) -> MemberEvent | None:
+    def _public_event(self, event: engine_events.MemberEvent) -> MemberEvent | None:
         """The public event for an engine event, with the member as it stood then.
 
         An update that leaves the tags as they were is no event for users.
@@ -577,16 +580,16 @@ class Agent:
                 return None
             kind: type[MemberEvent] = MemberTagsChanged
             member = dataclasses.replace(base, state=(known or base).state, tags=tags,
-                                         incarnation=event.incarnation, since_ms=now_ms)
+                                         incarnation=event.incarnation, since_ms=event.wall_ms)
         else:
             kind, state = STATE_EVENTS[type(event)]
             member = dataclasses.replace(base, state=state or (known or base).state,
-                                         incarnation=event.incarnation, since_ms=now_ms)
+                                         incarnation=event.incarnation, since_ms=event.wall_ms)
         if kind is MemberReaped:
             self._known.pop(event.node_id, None)
         else:
             self._known[event.node_id] = member
-        return kind(member, now_ms)
+        return kind(member, event.wall_ms)
 
     # --- push-pull over TCP ---------------------------------------------------------
 
@@ -647,7 +650,7 @@ class Agent:
             limit = wire.MAX_STREAM_FRAME_BYTES if session.peer else MAX_OPENING_FRAME_BYTES
             frame = await self._read_frame(reader, limit)
             with self._lock:
-                replies = session.receive(frame)
+                replies = session.receive(frame, time.monotonic(), wall_ms())
             self._after_input()
             self._write_frames(writer, replies)
             await writer.drain()

@@ -46,7 +46,8 @@ from meshd.gossip.events import (
 from meshd.gossip.hello import Hellos
 from meshd.gossip.sync import SyncSession
 from meshd.gossip.tuning import (
-    GossipTuning, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
+    GossipTuning, eager_fanout, remaining_suspicion_s, retransmit_limit, scaled_timeout,
+    suspicion_max_s,
 )
 from meshd.identity import verify
 from meshd.records import KIND_NODE, NODE_KEY, NodeInfo
@@ -231,10 +232,12 @@ class Gossip:
         self._publish_self(info)
 
     def leave(self, now: float, wall_ms: int) -> None:
-        """Publish a signed `left` record and push it to as many members as fanout allows."""
+        """Publish a signed `left` record and push it to twice as many members as an update
+        (we will not be around to piggyback it)."""
         self._tick(now, wall_ms)
         self.left = True
-        self._publish_self(replace(self.info, left=True), fanout=self.tuning.fanout * 2)
+        self._publish_self(replace(self.info, left=True),
+                           fanout=2 * eager_fanout(self.tuning.fanout, self.alive_count))
         if not self._joined:
             # Leaving while a join is in flight: the seed may know us from our hello while
             # we know no member to push to; a hello carries our record, now the `left` one.
@@ -352,7 +355,8 @@ class Gossip:
     def delta_since(self, digest: Digest) -> list[Record]:
         return self.table.delta_since(digest)
 
-    def merge_synced(self, records: list[Any], peer: bytes) -> None:
+    def merge_synced(self, records: list[Any], peer: bytes, now: float, wall_ms: int) -> None:
+        self._tick(now, wall_ms)
         self._merge(records, eager=False)
 
     def claims_against(self, peer: bytes) -> list[Any]:
@@ -363,7 +367,8 @@ class Gossip:
         kind = CLAIM_DEAD if member.state == DEAD else CLAIM_SUSPECT
         return [Claim.make(self.key, peer, member.incarnation, kind, self._wall_ms).to_wire()]
 
-    def receive_claims(self, claims: list[Any], peer: bytes) -> None:
+    def receive_claims(self, claims: list[Any], peer: bytes, now: float, wall_ms: int) -> None:
+        self._tick(now, wall_ms)
         for obj in claims:
             try:
                 self._on_claim(obj)
@@ -403,13 +408,14 @@ class Gossip:
 
     def _eager_push(self, sized: list[tuple[Any, int]], fanout: int | None,
                     extra: Member | None = None) -> None:
-        """Send fresh updates to `fanout` random members now, not at the next round.
+        """Send fresh updates to `fanout` (else `eager_fanout`) random members now, not at
+        the next round.
 
         All updates one merge brought travel together, as few datagrams as fit: in a
         join storm a datagram carries several new records, and a push per record would
         multiply every node's datagrams (and their CPU) by that many.
         """
-        targets = self._random_members(fanout or self.tuning.fanout)
+        targets = self._random_members(fanout or eager_fanout(self.tuning.fanout, self.alive_count))
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
         for items in _packed(sized, PIGGYBACK_BUDGET):
@@ -617,7 +623,7 @@ class Gossip:
             self.members[origin] = member
             self._live_members += 1
             bisect.insort(self._ring, origin)
-            self._event(MemberJoined(origin, info.name, record.version))
+            self._event(MemberJoined(origin, info.name, record.version, wall_ms=self._wall_ms))
         else:
             was = member.state
             member.incarnation, member.address, member.name = record.version, address, info.name
@@ -627,7 +633,8 @@ class Gossip:
             if was in (SUSPECT, DEAD) and not info.left:
                 self._set_state(member, ALIVE, MemberAlive)
             elif not info.left:
-                self._event(MemberUpdated(origin, info.name, record.version, info.tags))
+                self._event(MemberUpdated(origin, info.name, record.version, info.tags,
+                                          wall_ms=self._wall_ms))
         if info.left and member.state != LEFT:
             member.suspicion = None
             self._set_state(member, LEFT, MemberLeft)
@@ -645,7 +652,7 @@ class Gossip:
             self._ring.pop(bisect.bisect_left(self._ring, member.node_id))
         member.state = state
         member.since = self._now
-        self._event(event(member.node_id, member.name, member.incarnation))
+        self._event(event(member.node_id, member.name, member.incarnation, wall_ms=self._wall_ms))
 
     def _set_address(self, origin: bytes, old: Address | None, new: Address | None) -> None:
         if old is not None and self._by_address.get(old) == origin:
@@ -660,7 +667,8 @@ class Gossip:
                 self._live_members -= 1
                 self._ring.pop(bisect.bisect_left(self._ring, origin))
             self._set_address(origin, member.address, None)
-            self._event(MemberReaped(origin, member.name, member.incarnation))
+            self._event(MemberReaped(origin, member.name, member.incarnation,
+                                     wall_ms=self._wall_ms))
 
     # --- probes ------------------------------------------------------------------
 

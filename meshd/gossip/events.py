@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from meshd.table import Change
@@ -15,6 +15,9 @@ class MemberEvent:
     node_id: bytes
     name: str
     incarnation: int
+    #: When the engine learned it (the wall clock of the input that caused it): the shell
+    #: may publish it later, after the loop wakes.
+    wall_ms: int = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,9 +38,9 @@ class SyncOwner(Protocol):
     def table_hash(self) -> bytes: ...
     def digest(self) -> Digest: ...
     def delta_since(self, digest: Digest) -> list[Record]: ...
-    def merge_synced(self, records: list[Any], peer: bytes) -> None: ...
+    def merge_synced(self, records: list[Any], peer: bytes, now: float, wall_ms: int) -> None: ...
     def claims_against(self, peer: bytes) -> list[Any]: ...
-    def receive_claims(self, claims: list[Any], peer: bytes) -> None: ...
+    def receive_claims(self, claims: list[Any], peer: bytes, now: float, wall_ms: int) -> None: ...
 
 
 class Phase(enum.Enum):
@@ -63,6 +63,8 @@ class SyncSession:
         self.phase = Phase.WANT_HASH
         self.records_in = 0
         self.records_out = 0
+        #: The clock of the frame being handled: what it merges is stamped with it.
+        self._now, self._wall_ms = 0.0, 0
 
     @property
     def done(self) -> bool:
@@ -80,8 +82,10 @@ class SyncSession:
         assert self.peer is not None
         return self._seal(self.peer, wire.encode_message(msg_type, self._owner.node_id, body))
 
-    def receive(self, frame: bytes) -> list[bytes]:
-        """Handle one frame from the peer; raises `MeshdError` subclasses on bad input."""
+    def receive(self, frame: bytes, now: float, wall_ms: int) -> list[bytes]:
+        """Handle one frame from the peer, arrived at `now` (monotonic s) and `wall_ms`;
+        raises `MeshdError` subclasses on bad input."""
+        self._now, self._wall_ms = now, wall_ms
         msg = self._decode(frame)
         if self.peer is None:
             self.peer = msg.sender
@@ -102,7 +106,7 @@ class SyncSession:
     def _claims(self, f: Fields) -> None:
         claims = f.list("c", max_len=MAX_CLAIMS_PER_FRAME, optional=True) or []
         assert self.peer is not None
-        self._owner.receive_claims(claims, self.peer)
+        self._owner.receive_claims(claims, self.peer, self._now, self._wall_ms)
 
     def _on_hash(self, f: Fields) -> list[bytes]:
         self._claims(f)
@@ -146,7 +150,7 @@ class SyncSession:
     def _merge(self, records: list[Any]) -> None:
         assert self.peer is not None
         self.records_in += len(records)
-        self._owner.merge_synced(records, self.peer)
+        self._owner.merge_synced(records, self.peer, self._now, self._wall_ms)
 
 
 _HANDLERS: dict[tuple[Phase, MsgType], Callable[[SyncSession, Fields], list[bytes]]] = {

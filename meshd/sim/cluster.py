@@ -389,7 +389,7 @@ class Cluster:
         if session is None:
             session = stream.sessions[side] = node.engine.accept_sync()
         try:
-            replies = session.receive(frame)
+            replies = session.receive(frame, self.clock.now, self.wall_ms())
         except MeshdError:
             self.streams_failed += 1
             return

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from meshd.gossip.auth import WINDOW_BITS, ReplayWindow
 from meshd.gossip.broadcast import BroadcastQueue
 from meshd.gossip.tuning import (
-    GossipTuning, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
+    GossipTuning, eager_fanout, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
 )
 
 small = settings(max_examples=200, deadline=None)
@@ -42,6 +42,17 @@ def test_enough_confirmations_reach_the_floor_and_none_leaves_the_ceiling() -> N
 def test_scale_laws_grow_with_the_cluster(n: int) -> None:
     assert retransmit_limit(4, n + 1) >= retransmit_limit(4, n) >= 4
     assert suspicion_max_s(4, n + 1, 1.0) >= suspicion_max_s(4, n, 1.0) >= 4.0
+    assert eager_fanout(3, n + 1) >= eager_fanout(3, n) >= 3
+
+
+@small
+@given(st.integers(2, 100_000), st.integers(1, 8))
+def test_eager_fanout_leaves_few_nodes_unreached(n: int, fanout: int) -> None:
+    """n nodes each pushing to f random others miss a given node with probability
+    (1 - f/(n-1))^(n-1) <= e^-f: the expected number missed stays small at any n."""
+    f = eager_fanout(fanout, n)
+    assert f >= fanout
+    assert n * math.exp(-f) <= 0.14
 
 
 def test_lifeguard_awareness_stretches_timeouts() -> None:

@@ -21,7 +21,7 @@ from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
 )
-from meshd.gossip.tuning import GossipTuning, suspicion_max_s
+from meshd.gossip.tuning import GossipTuning, eager_fanout, suspicion_max_s
 from meshd.table import VersionClock
 from meshd.wire import MsgType
 from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
@@ -80,7 +80,7 @@ class Router:
             if not frames:
                 break
             receiver = other if turn else session
-            frames = [out for f in frames for out in receiver.receive(f)]
+            frames = [out for f in frames for out in receiver.receive(f, self.now, self.wall_ms)]
             turn ^= 1
         assert session.done and other.done
 
@@ -257,8 +257,8 @@ def test_equal_tables_sync_in_two_small_frames(trio: Router) -> None:
     a, b = trio.engines[0], trio.engines[1]
     session, first = a.open_sync(b.node_id)
     responder = b.accept_sync()
-    replies = responder.receive(first)
-    assert len(replies) == 1 and session.receive(replies[0]) == []
+    replies = responder.receive(first, trio.now, trio.wall_ms)
+    assert len(replies) == 1 and session.receive(replies[0], trio.now, trio.wall_ms) == []
     assert session.done and responder.done
     assert len(first) + len(replies[0]) < 200
 
@@ -458,7 +458,7 @@ def test_updates_one_merge_brings_are_pushed_together() -> None:
     receiver.datagrams_to_send()
     receiver._merge(_tag_updates(members[1:3], 10**13), eager=True)   # two fit a datagram
     pushed = _gossip_to(router, 0)
-    assert len(pushed) == receiver.tuning.fanout          # not one push per record
+    assert len(pushed) == eager_fanout(receiver.tuning.fanout, 8)   # not one per record
     assert all(len(wire.decode_datagram_prefix(d)[0].body["p"]) == 2 for d in pushed)
 
 
@@ -478,7 +478,7 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     assert len(receiver.syncs_to_start()) == 1
     own = receiver.table.node(receiver.node_id)
     receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
-    assert len(_gossip_to(router, 0)) == receiver.tuning.fanout
+    assert len(_gossip_to(router, 0)) == eager_fanout(receiver.tuning.fanout, 12)
     assert receiver.table.node(receiver.node_id).version > own.version
 
 
