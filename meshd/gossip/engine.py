@@ -232,12 +232,10 @@ class Gossip:
         self._publish_self(info)
 
     def leave(self, now: float, wall_ms: int) -> None:
-        """Publish a signed `left` record and push it to twice as many members as an update
-        (we will not be around to piggyback it)."""
+        """Publish a signed `left` record and push it (see `_publish_self`)."""
         self._tick(now, wall_ms)
         self.left = True
-        self._publish_self(replace(self.info, left=True),
-                           fanout=2 * eager_fanout(self.tuning.fanout, self.alive_count))
+        self._publish_self(replace(self.info, left=True))
         if not self._joined:
             # Leaving while a join is in flight: the seed may know us from our hello while
             # we know no member to push to; a hello carries our record, now the `left` one.
@@ -381,11 +379,15 @@ class Gossip:
         self._now = max(self._now, now)
         self._wall_ms = wall_ms
 
-    def _publish_self(self, info: NodeInfo, fanout: int | None = None) -> None:
+    def _publish_self(self, info: NodeInfo) -> None:
+        """Publish our own record, pushed at once to twice the members a relay pushes to:
+        the first hop is the widest (in a small cluster, everyone), and one node's own
+        updates (tags, refutations, leave) are rare."""
         self.info = info
         version = self.clock.next(self._wall_ms)
         result = self.table.publish(self.key, KIND_NODE, NODE_KEY, info, version, self._wall_ms)
-        self._apply_result(result, eager=True, fanout=fanout)
+        self._apply_result(result, eager=True,
+                           fanout=2 * eager_fanout(self.tuning.fanout, self.alive_count))
 
     def _queue_record(self, record: Record) -> tuple[Any, int]:
         """Queue a record for piggybacking; the item and its size, for an eager push."""

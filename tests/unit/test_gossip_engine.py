@@ -478,7 +478,7 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     assert len(receiver.syncs_to_start()) == 1
     own = receiver.table.node(receiver.node_id)
     receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
-    assert len(_gossip_to(router, 0)) == eager_fanout(receiver.tuning.fanout, 12)
+    assert len(_gossip_to(router, 0)) == 2 * eager_fanout(receiver.tuning.fanout, 12)
     assert receiver.table.node(receiver.node_id).version > own.version
 
 
