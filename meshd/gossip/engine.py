@@ -920,22 +920,19 @@ class Gossip:
     def _push_pull(self, settling: bool) -> None:
         """Anti-entropy. Settling after a join: a push-pull with the seed that answered
         (in a join storm every hello reached it, so it knows every joiner by then), then
-        with random members. Else
-        the next probe carries our table hash (the target opens a push-pull if its table
-        differs), or, half the time while some members are dead, a push-pull to a dead
-        one (it may be back: how a healed partition finds out)."""
-        dead = [m for m in self.members.values() if m.state == DEAD and m.address]
+        with random members. Else the next probe carries our table hash (the target opens
+        a push-pull if its table differs), or, half the time while some members are dead,
+        a push-pull to a dead one (it may be back: how a healed partition finds out)."""
         seed = self.members.get(self._seed_answered) if self._seed_answered else None
         self._seed_answered = None
-        if settling and seed is not None and _reachable(seed):
-            targets = [seed]
-        elif settling:
-            targets = self._random_members(1)
-        elif dead and self.rng.random() < 0.5:
-            targets = [self.rng.choice(dead)]
+        if settling:
+            targets = [seed] if seed is not None and _reachable(seed) else self._random_members(1)
         else:
-            self._hash_check = True
-            return
+            dead = [m for m in self.members.values() if m.state == DEAD and m.address]
+            if not dead or self.rng.random() >= 0.5:
+                self._hash_check = True
+                return
+            targets = [self.rng.choice(dead)]
         for target in targets:
             if len(self._syncs) < MAX_PENDING_SYNCS and target.address is not None:
                 self._syncs.append((target.node_id, target.address))
