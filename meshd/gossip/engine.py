@@ -380,14 +380,11 @@ class Gossip:
         self._wall_ms = wall_ms
 
     def _publish_self(self, info: NodeInfo) -> None:
-        """Publish our own record, pushed at once to twice the members a relay pushes to:
-        the first hop is the widest (in a small cluster, everyone), and one node's own
-        updates (tags, refutations, leave) are rare."""
+        """Publish our own record; `_apply_result` pushes it at once, wide."""
         self.info = info
         version = self.clock.next(self._wall_ms)
         result = self.table.publish(self.key, KIND_NODE, NODE_KEY, info, version, self._wall_ms)
-        self._apply_result(result, eager=True,
-                           fanout=2 * eager_fanout(self.tuning.fanout, self.alive_count))
+        self._apply_result(result, eager=True)
 
     def _queue_record(self, record: Record) -> tuple[Any, int]:
         """Queue a record for piggybacking; the item and its size, for an eager push."""
@@ -406,18 +403,20 @@ class Gossip:
     def _spread_claim(self, claim: Claim, direct_to: Member | None = None) -> None:
         item, size = [ITEM_CLAIM, claim.to_wire()], len(claim.signed.payload) + 80
         self._enqueue(("claim", claim.claimant, claim.subject), item, size)
-        self._eager_push([(item, size)], None, extra=direct_to)
+        self._eager_push([(item, size)], extra=direct_to)
 
-    def _eager_push(self, sized: list[tuple[Any, int]], fanout: int | None,
+    def _eager_push(self, sized: list[tuple[Any, int]], wide: bool = False,
                     extra: Member | None = None) -> None:
-        """Send fresh updates to `fanout` (else `eager_fanout`) random members now, not at
-        the next round.
+        """Send fresh updates to `eager_fanout` random members now, not at the next round;
+        `wide` (our own records: tags, refutations, leave) to twice as many, so the first
+        hop is the widest (in a small cluster, everyone): one node's own updates are rare.
 
         All updates one merge brought travel together, as few datagrams as fit: in a
         join storm a datagram carries several new records, and a push per record would
         multiply every node's datagrams (and their CPU) by that many.
         """
-        targets = self._random_members(fanout or eager_fanout(self.tuning.fanout, self.alive_count))
+        count = eager_fanout(self.tuning.fanout, self.alive_count) * (2 if wide else 1)
+        targets = self._random_members(count)
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
         for items in _packed(sized, PIGGYBACK_BUDGET):
@@ -585,14 +584,15 @@ class Gossip:
         self._apply_result(result, eager)
         return result
 
-    def _apply_result(self, result: MergeResult, eager: bool, fanout: int | None = None) -> None:
+    def _apply_result(self, result: MergeResult, eager: bool) -> None:
         # What push-pull brought is old news to the cluster (anti-entropy repairs, it
         # does not disseminate): re-gossiping a joiner's whole table would cost every
         # node N records times the retransmit limit.
         news = [change.new for change in result.changes if eager and change.new is not None]
         quiet = len(self._broadcasts) < EAGER_QUEUE_LIMIT
-        if news and (quiet or any(record.origin == self.node_id for record in news)):
-            self._eager_push([self._queue_record(record) for record in news], fanout)
+        own = any(record.origin == self.node_id for record in news)
+        if news and (quiet or own):
+            self._eager_push([self._queue_record(record) for record in news], wide=own)
         elif news:
             self._catch_up()
         for change in result.changes:

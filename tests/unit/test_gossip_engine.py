@@ -253,6 +253,19 @@ def test_tags_change_reaches_every_member(trio: Router) -> None:
     assert any(isinstance(e, MemberUpdated) and e.tags == {"role": "db"} for e in trio.events(1))
 
 
+def test_what_a_push_pull_brings_is_stamped_with_the_frame_that_brought_it() -> None:
+    _, members = make_cluster(3)
+    router = Router(members)
+    router.join_all()
+    a, b = router.engines[0], router.engines[1]
+    b.merge_synced(_tag_updates(members[2:3], 10**13), a.node_id, router.now, router.wall_ms)
+    router.events(0)
+    router.now += 5.0                        # no timer has run on a since
+    router.sync(0, 1, b.node_id)
+    updated = [e for e in router.events(0) if isinstance(e, MemberUpdated)]
+    assert [e.wall_ms for e in updated] == [router.wall_ms]
+
+
 def test_equal_tables_sync_in_two_small_frames(trio: Router) -> None:
     a, b = trio.engines[0], trio.engines[1]
     session, first = a.open_sync(b.node_id)
