@@ -36,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import socket
@@ -227,6 +228,9 @@ class Agent:
         self._pump: DatagramPump | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._members: tuple[Member, ...] = ()
+        # What members_json() encoded last: per member (by ID), and the whole snapshot.
+        self._member_bodies: dict[str, tuple[Member, bytes]] = {}
+        self._members_body: tuple[tuple[Member, ...] | None, bytes] = (None, b"")
         self._current: dict[bytes, Member] = {}
         self._known: dict[bytes, Member] = {}
         self._snapshot_version = -1
@@ -246,8 +250,22 @@ class Agent:
         """The latest snapshot, this node first; never waits on the network."""
         return self._members
 
-    def members_json(self) -> list[dict[str, Any]]:
-        return [member.to_json() for member in self._members]
+    def members_json(self) -> bytes:
+        """The snapshot as a JSON array, encoded once per snapshot and per member: tools
+        poll it, and at a hundred members encoding was most of a request's CPU."""
+        members = self._members
+        snapshot, body = self._members_body
+        if snapshot is members:
+            return body
+        before = self._member_bodies
+        bodies = {}
+        for member in members:
+            cached = before.get(member.id)
+            bodies[member.id] = (cached if cached is not None and cached[0] is member
+                                 else (member, json.dumps(member.to_json()).encode()))
+        body = b"[" + b", ".join(encoded for _, encoded in bodies.values()) + b"]\n"
+        self._member_bodies, self._members_body = bodies, (members, body)
+        return body
 
     def subscribe(self, maxsize: int) -> Subscription:
         return self.feed.subscribe(maxsize)

@@ -45,15 +45,13 @@ SOCKET_MODE = 0o660
 MAX_BODY_BYTES = 64 * 1024
 MAX_CONNECTIONS = 32
 WATCH_QUEUE = 1024
-# How often an idle watch checks that its client is still connected.
-WATCH_HEARTBEAT_S = 2.0
 MAX_SEEDS = 64
 
 
 class ControlTarget(Protocol):
     """What the control socket may ask of a running agent."""
 
-    def members_json(self) -> list[dict[str, Any]]: ...
+    def members_json(self) -> bytes: ...
     def status(self) -> dict[str, Any]: ...
     def subscribe(self, maxsize: int) -> Subscription: ...
     async def set_tags(self, tags: Mapping[str, str], unset: Iterable[str]) -> Mapping[str, str]: ...
@@ -86,7 +84,7 @@ class Control:
             return json_error(500, "internal", str(exc))
 
     async def members(self, request: Request) -> Reply:
-        return json_reply(200, self._target.members_json())
+        return Reply(200, self._target.members_json())
 
     async def status(self, request: Request) -> Reply:
         return json_reply(200, self._target.status())
@@ -140,17 +138,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 async def _watch_lines(subscription: Subscription) -> AsyncGenerator[bytes, None]:
-    """One JSON line per event; an empty chunk now and then to notice a departed client."""
+    """One JSON line per event, until the feed closes (the serving side ends the stream
+    when the client goes)."""
     try:
-        while True:
-            try:
-                async with asyncio.timeout(WATCH_HEARTBEAT_S):
-                    event = await anext(subscription)
-            except TimeoutError:
-                yield b""
-                continue
-            except StopAsyncIteration:
-                return
+        async for event in subscription:
             yield json.dumps(event.to_json()).encode() + b"\n"
     finally:
         subscription.close()

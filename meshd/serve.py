@@ -9,8 +9,8 @@ connection raises is reported to `on_error` and ends that connection only.
 `http_exchange` serves one request per connection with h11 (the sans-IO
 HTTP/1.1 parser), bounded in head size, body size and time, and answers
 `Connection: close`. Handlers return a `Reply`, or a `StreamReply` whose
-chunks are written as they come (chunked for HTTP/1.1 clients); an empty
-chunk is a heartbeat that only checks whether the client is still there.
+chunks are written as they come (chunked for HTTP/1.1 clients) until the
+source ends or the client closes its side.
 """
 
 from __future__ import annotations
@@ -199,15 +199,31 @@ async def _send_reply(conn: h11.Connection, writer: asyncio.StreamWriter, reply:
 
 async def _send_stream(conn: h11.Connection, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter, reply: StreamReply) -> None:
-    """Write chunks until the source ends or the client is gone."""
+    """Write chunks until the source ends or the client goes.
+
+    A client sends nothing after its request, so the read below returns only when it
+    leaves (or breaks protocol): that ends the stream at once, with no timer waking an
+    idle one to check.
+    """
     _write(conn, writer, _head(200, reply.content_type, ()))
     await writer.drain()
-    async with contextlib.aclosing(reply.chunks):
-        async for chunk in reply.chunks:
-            if writer.is_closing() or reader.at_eof():
-                return
-            if chunk:
-                _write(conn, writer, h11.Data(data=chunk))
-                await writer.drain()
+    relay = asyncio.ensure_future(_relay(conn, writer, reply.chunks))
+    departed = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait((relay, departed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        departed.cancel()
+        relay.cancel()   # the client left, or we are stopping; a no-op if it ended
+        await asyncio.gather(departed, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+
+
+async def _relay(conn: h11.Connection, writer: asyncio.StreamWriter,
+                 chunks: AsyncGenerator[bytes, None]) -> None:
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            _write(conn, writer, h11.Data(data=chunk))
+            await writer.drain()
     _write(conn, writer, h11.EndOfMessage())
     await writer.drain()

@@ -25,8 +25,8 @@ class FakeAgent:
         self.tags: dict[str, str] = {}
         self.seeds: list[Endpoint] = []
 
-    def members_json(self) -> list[dict[str, Any]]:
-        return [{"name": "n1"}]
+    def members_json(self) -> bytes:
+        return b'[{"name": "n1"}]\n'
 
     def status(self) -> dict[str, Any]:
         return {"name": "n1"}
@@ -111,8 +111,7 @@ async def test_bad_requests_get_an_error_object_and_status(served, data, status,
     assert headers["content-type"] == "application/json"
 
 
-async def test_watch_streams_json_lines(served, monkeypatch) -> None:
-    monkeypatch.setattr(control, "WATCH_HEARTBEAT_S", 0.05)  # notice the client leaving soon
+async def test_watch_streams_json_lines(served) -> None:
     path, agent, _ = served
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(request("GET", "/v1/watch"))
@@ -124,6 +123,27 @@ async def test_watch_streams_json_lines(served, monkeypatch) -> None:
         line = json.loads(await reader.readline())
     assert line["event"] == "joined" and line["member"]["name"] == "n2"
     writer.close()
+
+
+async def test_a_departed_watcher_frees_its_slot_without_any_event(served) -> None:
+    """The server notices a watch client leave at once (not at its next event or a
+    timer): both slots held by watches are free again for a plain request."""
+    path, agent, _ = served
+    watchers = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(request("GET", "/v1/watch"))
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"\r\n\r\n")
+        watchers.append(writer)
+    for writer in watchers:
+        writer.close()
+    for _ in range(50):   # 1 s: noticed by the read, not by a periodic check
+        with contextlib.suppress(ConnectionResetError, ValueError):
+            if (await raw(path, request("GET", "/v1/status")))[0] == 200:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("departed watchers kept their slots")
 
 
 async def test_connections_beyond_the_limit_are_refused(served) -> None:

@@ -103,9 +103,13 @@ async def test_tags_and_versions_survive_a_restart(pair) -> None:
 
 async def test_an_embedded_node_may_serve_its_control_socket(pair) -> None:
     config = meshd.load_config(pair[0].config)
-    async with meshd.Node(config, control_socket=True):
-        listed = await asyncio.to_thread(Client(config.control_socket).members)
+    async with meshd.Node(config, control_socket=True) as node:
+        client = Client(config.control_socket)
+        listed = await asyncio.to_thread(client.members)
         assert [m["name"] for m in listed] == ["n1"]
+        await node.set_tags({"zone": "a"})   # a new snapshot: never the body encoded before
+        listed = await asyncio.to_thread(client.members)
+        assert listed == [m.to_json() for m in node.members()] and listed[0]["tags"] == {"zone": "a"}
     assert not config.control_socket.exists()
 
 
