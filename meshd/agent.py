@@ -361,6 +361,7 @@ class Agent:
                 group.create_task(self._state_writer(), name="state")
                 for name, listener, server in servers:
                     group.create_task(listener.serve(server, group), name=name)
+                    await server.start_serving()   # accepting once `ready` says so
                 self._after_input()
                 log.info("agent ready name=%s id=%s listen=%s profile=%s seeds=%d",
                          self.config.name, self._members[0].id, self.config.gossip.listen,

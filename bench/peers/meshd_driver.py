@@ -3,8 +3,10 @@
 Each agent is a real ``meshd agent`` process on 127.0.1.I:7948 (Serf has 7946, kinship
 7947), with its own keys and a certificate from one CA made for the run, all written by the
 ``meshd`` commands themselves. The harness talks to the agents over their Unix control
-sockets (in the work dir), so polling adds nothing to the gossip byte counters; requests go
+sockets (in the work dir), which adds nothing to the gossip byte counters; requests go
 through ``meshd.client`` on a worker thread, which costs far less than a process per poll.
+Member lists come from each agent's event stream (see meshd_mirror.py), so the poll rounds
+that time each phase cost the agents nothing.
 
 Agents use the ``lan`` profile, Serf's default. ``--encrypt`` does not apply: in
 membership-only mode meshd authenticates every datagram (a MAC per pair of nodes) but does
@@ -30,23 +32,14 @@ from .common import (
     AgentError,
     Driver,
     DriverSettings,
-    MemberView,
-    Status,
     View,
     agent_ip,
     node_name,
-    stamp,
 )
+from .meshd_mirror import Mirror
 
 GOSSIP_PORT = 7948
 PROFILE = "lan"
-#: meshd's states; "dead" is what Serf calls "failed".
-_STATUS = {
-    "alive": Status.ALIVE,
-    "suspect": Status.SUSPECT,
-    "dead": Status.FAILED,
-    "left": Status.LEFT,
-}
 T = TypeVar("T")
 
 
@@ -67,6 +60,7 @@ class MeshdDriver(Driver):
         super().__init__(settings)
         self._ca = settings.workdir / "ca"
         self._clients: dict[int, Client] = {}
+        self._mirrors: dict[int, asyncio.Future[Mirror]] = {}
 
     @classmethod
     async def version(cls) -> str:
@@ -119,23 +113,49 @@ profile = "{PROFILE}"
             raise AgentError(f"agent {index}: {exc}") from exc
 
     async def ping(self, index: int) -> None:
+        """The agent answers, and its event stream is followed (before any clock starts)."""
         await self._call(index, Client.status)
+        await self._watched(index)
 
     async def join(self, index: int, seed: int) -> None:
         await self._call(index, lambda c: c.join([f"{agent_ip(seed)}:{GOSSIP_PORT}"]))
 
     async def view(self, index: int) -> View:
-        members = await self._call(index, Client.members)
+        """From the agent's event stream (see meshd_mirror.py)."""
         try:
-            return {
-                m["name"]: MemberView(_STATUS[m["state"]], m["tags"], stamp(m["since_ms"]))
-                for m in members
-            }
-        except (KeyError, TypeError) as exc:
-            raise AgentError(f"members of agent {index}: unreadable answer") from exc
+            return (await self._watched(index)).view()
+        except AgentError as exc:
+            raise AgentError(f"agent {index}: {exc}") from exc
+
+    async def _watched(self, index: int) -> Mirror:
+        """Agent ``index``'s mirror, started on first use."""
+        mirror = self._mirrors.get(index)
+        if mirror is None:
+            mirror = self._mirrors[index] = asyncio.ensure_future(self._mirror(index))
+        return await mirror
+
+    async def _mirror(self, index: int) -> Mirror:
+        mirror = Mirror(self._clients[index].path, lambda: self._call(index, Client.members))
+        try:
+            await mirror.start(self.settings.rpc_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            self._mirrors.pop(index, None)   # a later view tries again
+            raise AgentError(f"agent {index}: cannot watch: {exc}") from exc
+        return mirror
 
     async def set_tag(self, index: int, key: str, value: str) -> None:
         await self._call(index, lambda c: c.set_tags({key: value}))
+        if index in self._mirrors:
+            await (await self._mirrors[index]).resync()
+
+    async def stop_all(self) -> None:
+        mirrors, self._mirrors = list(self._mirrors.values()), {}
+        for mirror in mirrors:
+            if mirror.done() and not mirror.cancelled() and mirror.exception() is None:
+                await mirror.result().stop()
+            else:
+                mirror.cancel()   # still starting: it closes what it opened
+        await super().stop_all()
 
     async def leave(self, index: int) -> None:
         # SIGTERM is meshd's graceful leave: a signed `left` record, pushed, then exit.

@@ -347,8 +347,8 @@ class Gossip:
     def table_hash(self) -> bytes:
         return self.table.table_hash
 
-    def digest(self) -> Digest:
-        return self.table.digest()
+    def digest_wire(self) -> dict[str, Any]:
+        return self.table.digest_wire()
 
     def delta_since(self, digest: Digest) -> list[Record]:
         return self.table.delta_since(digest)

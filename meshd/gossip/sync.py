@@ -36,7 +36,7 @@ class SyncOwner(Protocol):
     node_id: bytes
 
     def table_hash(self) -> bytes: ...
-    def digest(self) -> Digest: ...
+    def digest_wire(self) -> dict[str, Any]: ...
     def delta_since(self, digest: Digest) -> list[Record]: ...
     def merge_synced(self, records: list[Any], peer: bytes, now: float, wall_ms: int) -> None: ...
     def claims_against(self, peer: bytes) -> list[Any]: ...
@@ -117,7 +117,7 @@ class SyncSession:
             self.phase = Phase.DONE
             return [self._frame(MsgType.SYNC_HASH, {"h": theirs, "eq": True, "c": back})]
         self.phase = Phase.WANT_DELTA
-        return [self._frame(MsgType.SYNC_DIGEST, {"d": self._owner.digest().to_wire(), "c": back})]
+        return [self._frame(MsgType.SYNC_DIGEST, {"d": self._owner.digest_wire(), "c": back})]
 
     def _on_equal(self, f: Fields) -> list[bytes]:
         self._claims(f)
@@ -131,7 +131,7 @@ class SyncSession:
         self.records_out += len(delta)
         self.phase = Phase.WANT_LAST
         return [self._frame(MsgType.SYNC_DELTA, {"r": [r.to_wire() for r in delta],
-                                                  "d": self._owner.digest().to_wire()})]
+                                                  "d": self._owner.digest_wire()})]
 
     def _on_delta(self, f: Fields) -> list[bytes]:
         records = f.list("r", max_len=wire.MAX_RECORDS_PER_MESSAGE)

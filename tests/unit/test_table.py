@@ -475,6 +475,20 @@ def test_digest_from_wire_rejects_malformed(mutate: Any) -> None:
         Digest.from_wire(mutate(joined([m]).digest().to_wire()))
 
 
+def test_digest_wire_is_built_once_per_table_state() -> None:
+    ca, (a, b) = make_cluster(2)
+    t = joined([a])
+    first = t.digest_wire()
+    assert first == t.digest().to_wire() and t.digest_wire() is first
+    t.merge([b.node_record(1)], WALL_MS)
+    assert t.digest_wire() == t.digest().to_wire() != first
+    t.add_revocation(ca.revoke(b.cert), WALL_MS)
+    assert t.digest_wire() == t.digest().to_wire()
+    assert Digest.from_wire(t.digest_wire()).revocations == {b.cert.serial}
+    t.drop_origin(b.id, WALL_MS)
+    assert t.digest_wire() == t.digest().to_wire()
+
+
 def test_delta_sends_revocations_then_node_records_then_the_rest() -> None:
     ca, (a, b, c) = make_cluster(3)
     src = ca.table()
