@@ -90,7 +90,7 @@ SYNC_TIMEOUT_S = 10.0
 # sends every joiner to its seed together, and on a loaded host each exchange waits on
 # its initiator's turn for the CPU. A refused joiner would wait for its next settling sync.
 MAX_SYNCS_IN = 32
-MAX_SYNCS_WAITING = 96
+MAX_SYNCS_WAITING = 224
 # An opening SYNC_HASH is a hash and a few claims; bigger frames need a verified peer.
 MAX_OPENING_FRAME_BYTES = 64 * 1024
 MAX_SYNCS_OUT = 4
@@ -668,11 +668,20 @@ class Agent:
             # it may not make us buffer more than an opening frame needs.
             limit = wire.MAX_STREAM_FRAME_BYTES if session.peer else MAX_OPENING_FRAME_BYTES
             frame = await self._read_frame(reader, limit)
+            self._warm(session, frame)
             with self._lock:
                 replies = session.receive(frame, time.monotonic(), wall_ms())
             self._after_input()
             self._write_frames(writer, replies)
             await writer.drain()
+
+    def _warm(self, session: SyncSession, frame: bytes) -> None:
+        """Verify a delta's records before taking the lock that merges them (see
+        `Table.warm`); a bad frame is left for `receive` to refuse and count."""
+        with contextlib.suppress(MeshdError):
+            records = session.peek_records(frame)
+            if records:
+                self._loaded().table.warm(records, wall_ms())
 
     async def _read_frame(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))

@@ -408,10 +408,39 @@ class Table:
         if record.tag == RECORD_TAG:
             self._check_fresh(record, held)
         if cached is None:
-            self._verify_signature(record)
-            record = _with_info(record)
-            self.cache.add(record)
+            record = self._verified(record)
         return record, self._check_semantics(record, wall_ms)
+
+    def _verified(self, record: Record) -> Record:
+        """Signature checked and body typed, then cached for every later sight of it."""
+        self._verify_signature(record)
+        record = _with_info(record)
+        self.cache.add(record)
+        return record
+
+    def warm(self, wire_records: Iterable[Any], wall_ms: int) -> None:
+        """Do the crypto of a coming `merge` now, filling the caches it reads; the table
+        itself does not change. The agent merges under the lock its gossip thread needs to
+        answer probes, and on a starved host the signature checks of a push-pull's delta
+        held that lock for a second: long enough to be suspected. So it warms first.
+
+        The versions held are read without that lock: a stale read only verifies a record
+        the merge then skips, or leaves one for the merge to verify. Bad records are left
+        for the merge to refuse and count.
+        """
+        for obj in wire_records:
+            try:
+                record = self.cache.get(obj)
+                if record is None:
+                    record = parse_record(obj)
+                    held = self._records.get(record.ident)
+                    if held is not None and not record.beats(held):
+                        continue
+                    record = self._verified(record)
+                if isinstance(record.info, NodeInfo):
+                    self.trust.verify_certificate(record.info.cert, wall_ms)
+            except RemoteError:
+                continue
 
     def _check_fresh(self, record: Record, held: Record | None) -> None:
         floor = self._floor.get(record.origin)

@@ -97,6 +97,15 @@ class SyncSession:
             raise WireError(f"sync: {msg.type.name} unexpected in phase {self.phase.value}")
         return handler(self, f)
 
+    def peek_records(self, frame: bytes) -> list[Any]:
+        """The records a delta frame carries, MAC-checked but not merged, so the caller can
+        verify them (`Table.warm`) before `receive`, which it may run under a lock."""
+        if self.phase not in (Phase.WANT_DELTA, Phase.WANT_LAST):
+            return []
+        msg = self._decode(frame)
+        records = msg.body.get("r") if isinstance(msg.body, dict) else None
+        return records if msg.type is MsgType.SYNC_DELTA and isinstance(records, list) else []
+
     def _decode(self, frame: bytes) -> wire.Message:
         # The sender is inside the MAC'd bytes; peek it to pick the key, then verify.
         head = wire.decode_message(frame[:-MAC_BYTES], wire.MAX_STREAM_FRAME_BYTES)

@@ -276,6 +276,24 @@ def test_equal_tables_sync_in_two_small_frames(trio: Router) -> None:
     assert len(first) + len(replies[0]) < 200
 
 
+def test_peek_records_shows_a_deltas_records_without_merging_them() -> None:
+    _, members = make_cluster(3)
+    trio = Router(members)
+    trio.join_all()
+    a, b = trio.engines[0], trio.engines[1]
+    b.merge_synced(_tag_updates(members[2:3], 10**13), a.node_id, trio.now, trio.wall_ms)
+    session, first = a.open_sync(b.node_id)
+    responder = b.accept_sync()
+    assert responder.peek_records(first) == []                 # a hash: nothing to verify
+    (digest,) = responder.receive(first, trio.now, trio.wall_ms)
+    (delta,) = session.receive(digest, trio.now, trio.wall_ms)
+    (last,) = responder.receive(delta, trio.now, trio.wall_ms)
+    before = a.table.table_hash
+    peeked = session.peek_records(last)
+    assert len(peeked) == 1 and a.table.table_hash == before and not session.done
+    assert session.receive(last, trio.now, trio.wall_ms) == [] and a.table.table_hash != before
+
+
 def _sealed_ping(router: Router, i: int, j: int) -> bytes:
     engine = router.engines[i]
     engine._send(engine.members[router.engines[j].node_id], MsgType.PING, {"n": 1})

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from meshd import identity
 from meshd import table as table_mod
 from meshd import wire
 from meshd.errors import CertificateExpiredError, CertificateNotYetValidError, UsageError, WireError
@@ -473,6 +474,24 @@ def test_digest_from_wire_rejects_malformed(mutate: Any) -> None:
     ca, (m,) = make_cluster(1)
     with pytest.raises(WireError):
         Digest.from_wire(mutate(joined([m]).digest().to_wire()))
+
+
+def test_warm_does_the_crypto_of_a_merge_ahead_and_changes_nothing(monkeypatch) -> None:
+    ca, (a, b, c) = make_cluster(3)
+    t = joined([a])
+    before = contents(t), t.table_hash
+    wires_in = [b.node_record(5), c.node_record(5), b.service_record(6), ["not", "a record"],
+                a.node_record(1)]   # a.node_record(1) is not newer than what t holds
+    t.warm(wires_in, WALL_MS)       # bad input is left to the merge: nothing raised
+    assert (contents(t), t.table_hash) == before
+    checks: list[bytes] = []    # signers of the signatures checked: records' and the CA's
+    for module in (table_mod, identity):
+        real = module.verify
+        monkeypatch.setattr(module, "verify", lambda *args, real=real: checks.append(args[0])
+                            or real(*args))
+    result = t.merge(wires_in, WALL_MS)
+    assert checks == [] and result.rejected == {"malformed": 1} and result.duplicates == 1
+    assert t.node(b.id) is not None and t.node(c.id) is not None
 
 
 def test_digest_wire_is_built_once_per_table_state() -> None:
