@@ -253,12 +253,19 @@ def test_tags_change_reaches_every_member(trio: Router) -> None:
     assert any(isinstance(e, MemberUpdated) and e.tags == {"role": "db"} for e in trio.events(1))
 
 
-def test_what_a_push_pull_brings_is_stamped_with_the_frame_that_brought_it() -> None:
+def _b_ahead_of_a() -> Router:
+    """Three joined engines, where engine 1 holds a tag update of engine 2 that 0 lacks."""
     _, members = make_cluster(3)
     router = Router(members)
     router.join_all()
     a, b = router.engines[0], router.engines[1]
     b.merge_synced(_tag_updates(members[2:3], 10**13), a.node_id, router.now, router.wall_ms)
+    return router
+
+
+def test_what_a_push_pull_brings_is_stamped_with_the_frame_that_brought_it() -> None:
+    router = _b_ahead_of_a()
+    b = router.engines[1]
     router.events(0)
     router.now += 5.0                        # no timer has run on a since
     router.sync(0, 1, b.node_id)
@@ -277,11 +284,8 @@ def test_equal_tables_sync_in_two_small_frames(trio: Router) -> None:
 
 
 def test_peek_records_shows_a_deltas_records_without_merging_them() -> None:
-    _, members = make_cluster(3)
-    trio = Router(members)
-    trio.join_all()
+    trio = _b_ahead_of_a()
     a, b = trio.engines[0], trio.engines[1]
-    b.merge_synced(_tag_updates(members[2:3], 10**13), a.node_id, trio.now, trio.wall_ms)
     session, first = a.open_sync(b.node_id)
     responder = b.accept_sync()
     assert responder.peek_records(first) == []                 # a hash: nothing to verify
