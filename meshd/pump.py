@@ -60,6 +60,10 @@ class DatagramPump:
         self._on_exit = on_exit
         self._drop = drop
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Whoever is last, `stop()` or a thread that outlived its wait, closes the pipe;
+        # `poke()` checks under this lock, so it never writes to a closed (or reused) fd.
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="meshd-gossip", daemon=True)
 
@@ -68,10 +72,13 @@ class DatagramPump:
 
     def poke(self) -> None:
         """From any thread: the engine changed; send its datagrams, re-read its deadline."""
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass   # the pipe is full, so a wake-up is pending anyway
+        with self._pipe_lock:
+            if not self._pipe_open:
+                return   # stopped: nothing left to wake
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass   # the pipe is full, so a wake-up is pending anyway
 
     def send(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
         """Send now, from any thread; returns what the kernel had no room for (counted)."""
@@ -87,14 +94,21 @@ class DatagramPump:
         return refused
 
     def stop(self) -> None:
-        """Blocks until the thread has finished its batch and exited; then closes the pipe."""
+        """Blocks until the thread has finished its batch and exited (bounded); the pipe
+        is closed then, or by the thread as it exits if it outlived the wait."""
         self._stopping = True
         self.poke()
         if self._thread.is_alive():
             self._thread.join(STOP_TIMEOUT_S)
         if not self._thread.is_alive():
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     # --- the thread ---------------------------------------------------------------
 
@@ -105,6 +119,8 @@ class DatagramPump:
         except BaseException as exc:   # reported to the owner, which ends the agent
             error = exc
             log.exception("gossip thread failed error=%r", exc)
+        if self._stopping:
+            self._close_pipe()   # `stop()` may have given up waiting for us
         self._on_exit(error)
 
     def _loop(self) -> None:

@@ -271,7 +271,7 @@ class Table:
         self._origin_hash: dict[bytes, int] = {}
         self._origin_digests: dict[bytes, bytes] = {}   # their low bytes, as digests carry them
         self._changes = 0    # counts every record added or removed (see `_add_hash`)
-        self._digest_wire: tuple[int, dict[str, Any]] = (-1, {})
+        self._digest_wire: tuple[tuple[int, int], dict[str, Any]] = ((-1, 0), {})
 
     # --- reading -------------------------------------------------------------
 
@@ -308,8 +308,9 @@ class Table:
     def digest_wire(self) -> dict[str, Any]:
         """`digest().to_wire()`, built once per table state: a seed in a join storm sends
         it in every push-pull it serves, and at N=100 building it was a tenth of its CPU."""
-        if self._digest_wire[0] != self._changes:
-            self._digest_wire = (self._changes, self.digest().to_wire())
+        state = (self._changes, len(self.trust.revoked))
+        if self._digest_wire[0] != state:
+            self._digest_wire = (state, self.digest().to_wire())
         return self._digest_wire[1]
 
     def delta_since(self, digest: Digest) -> list[Record]:

@@ -1,0 +1,90 @@
+"""The datagram thread's lifecycle: a bounded stop, and a wake pipe that never leaks."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+
+import pytest
+
+from meshd import pump
+from meshd.pump import DatagramPump
+
+WAIT_S = 5.0
+
+
+class StallingEngine:
+    """Just what the pump calls; `datagrams_to_send` blocks while `stall` is set, as a
+    batch stuck behind a starved CPU would."""
+
+    def __init__(self) -> None:
+        self.stall = False
+        self.release = threading.Event()
+
+    def next_deadline(self) -> float:
+        return math.inf
+
+    def receive_datagram(self, *args: object) -> None:
+        pass
+
+    def handle_timer(self, *args: object) -> None:
+        pass
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
+        if self.stall:
+            self.release.wait(WAIT_S)
+        return []
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_thread_that_outlives_stop_closes_the_wake_pipe_itself(monkeypatch) -> None:
+    monkeypatch.setattr(pump, "STOP_TIMEOUT_S", 0.05)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    engine = StallingEngine()
+    exited = threading.Event()
+    datagrams = DatagramPump(sock, engine, threading.RLock(),  # type: ignore[arg-type]
+                             wants_shell=lambda: False, on_output=lambda: None,
+                             on_exit=lambda error: exited.set(), drop=lambda *args: None)
+    pipe = (datagrams._wake_r, datagrams._wake_w)
+    try:
+        datagrams.start()
+        engine.stall = True
+        datagrams.stop()                  # gives up waiting: the thread is stuck in a batch
+        assert not exited.is_set() and all(map(fd_is_open, pipe))
+        datagrams.poke()                  # still safe to call
+        engine.release.set()
+        assert exited.wait(WAIT_S)
+        assert not any(map(fd_is_open, pipe))
+        datagrams.poke()                  # after the close: a no-op, not a write to a dead fd
+    finally:
+        engine.release.set()
+        sock.close()
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_stop_closes_the_wake_pipe(started: bool) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    datagrams = DatagramPump(sock, StallingEngine(), threading.RLock(),  # type: ignore[arg-type]
+                             wants_shell=lambda: False, on_output=lambda: None,
+                             on_exit=lambda error: None, drop=lambda *args: None)
+    pipe = (datagrams._wake_r, datagrams._wake_w)
+    try:
+        if started:
+            datagrams.start()
+        datagrams.stop()
+        assert not any(map(fd_is_open, pipe))
+    finally:
+        sock.close()
