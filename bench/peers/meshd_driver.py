@@ -138,8 +138,8 @@ profile = "{PROFILE}"
         mirror = Mirror(self._clients[index].path, lambda: self._call(index, Client.members))
         try:
             await mirror.start(self.settings.rpc_timeout_s)
-        except (OSError, TimeoutError) as exc:
-            self._mirrors.pop(index, None)   # a later view tries again
+        except (OSError, TimeoutError, AgentError) as exc:
+            self._mirrors.pop(index, None)   # a later view or ping tries again
             raise AgentError(f"agent {index}: cannot watch: {exc}") from exc
         return mirror
 
