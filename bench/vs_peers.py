@@ -9,7 +9,10 @@ is observed by polling each agent's member list; the time reported is the slowes
 Where a system stamps what each agent learned and when (meshd's ``since_ms``; kinship's
 events, stamped on delivery by our kinship agent), that time is the stamp, so the poll's
 0.2 s resolution and the time a poll round takes do not count; Serf's `members` has no such
-stamp, so its times are when the first poll that saw the change was answered.
+stamp, so its times are when the first poll that saw the change was answered. A poll of a
+meshd agent reads a copy of its list kept from its ``meshd watch`` stream
+(peers/meshd_mirror.py), so polling costs meshd's agents no CPU; kinship's agents answer
+a JSON line over a pipe, Serf's a ``serf members`` process.
 
 Run as root (the byte counters are an nftables table, created and deleted here), from the
 repository root, with the venv that has kinship installed:
