@@ -432,9 +432,10 @@ class Agent:
         with self._lock:
             engine.leave(time.monotonic(), wall_ms())
             pending = engine.datagrams_to_send()
-        for _ in range(int(LEAVE_DRAIN_S / LEAVE_POLL_S)):
+        tries = int(LEAVE_DRAIN_S / LEAVE_POLL_S)
+        for attempt in range(1, tries + 1):
             # Datagrams the kernel had no room for are tried again, a bounded number of times.
-            pending = self._send(pending)
+            pending = self._send(pending, last_try=attempt == tries)
             if not pending:
                 break
             await asyncio.sleep(LEAVE_POLL_S)
@@ -539,11 +540,12 @@ class Agent:
         if version != self._saved.version:
             self._state_kick.set()
 
-    def _send(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> list[tuple[bytes, tuple[str, int]]]:
+    def _send(self, datagrams: list[tuple[bytes, tuple[str, int]]], *, last_try: bool = True
+              ) -> list[tuple[bytes, tuple[str, int]]]:
         """Send from the loop; returns what the kernel had no room for."""
         if self._pump is None or not datagrams:
             return []
-        return self._pump.send(datagrams)
+        return self._pump.send(datagrams, last_try=last_try)
 
     def _publish(self, pending: list[engine_events.MemberEvent]) -> None:
         for event in pending:

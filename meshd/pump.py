@@ -80,15 +80,19 @@ class DatagramPump:
             except BlockingIOError:
                 pass   # the pipe is full, so a wake-up is pending anyway
 
-    def send(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
-        """Send now, from any thread; returns what the kernel had no room for (counted)."""
+    def send(self, datagrams: list[tuple[bytes, Address]], *, last_try: bool = True
+             ) -> list[tuple[bytes, Address]]:
+        """Send now, from any thread; returns what the kernel had no room for. That is
+        counted as dropped only on the `last_try`: a caller that tries again later has
+        not lost it yet."""
         refused = []
         for data, addr in datagrams:
             try:
                 self._sock.sendto(data, addr)
             except BlockingIOError:
                 refused.append((data, addr))
-                self._drop("send_busy", None)
+                if last_try:
+                    self._drop("send_busy", None)
             except OSError as exc:
                 self._drop("send_error", exc)
         return refused

@@ -88,3 +88,26 @@ def test_stop_closes_the_wake_pipe(started: bool) -> None:
         assert not any(map(fd_is_open, pipe))
     finally:
         sock.close()
+
+
+class FullSocket:
+    """A socket whose send buffer never has room."""
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        raise BlockingIOError
+
+
+def test_a_datagram_refused_for_now_is_counted_dropped_only_on_the_last_try() -> None:
+    drops: list[str] = []
+    datagrams = DatagramPump(FullSocket(), StallingEngine(), threading.RLock(),  # type: ignore[arg-type]
+                             wants_shell=lambda: False, on_output=lambda: None,
+                             on_exit=lambda error: None,
+                             drop=lambda reason, error: drops.append(reason))
+    batch = [(b"left", ("127.0.0.1", 9)), (b"left", ("127.0.0.2", 9))]
+    try:
+        assert datagrams.send(batch, last_try=False) == batch
+        assert drops == []
+        assert datagrams.send(batch) == batch
+        assert drops == ["send_busy", "send_busy"]
+    finally:
+        datagrams.stop()
