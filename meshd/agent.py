@@ -98,6 +98,10 @@ MAX_METRICS_CONNECTIONS = 4
 METRICS_MAX_BODY_BYTES = 1024
 LEAVE_DRAIN_S = 0.5
 LEAVE_POLL_S = 0.01
+# A sync frame this large (about nine node records, a millisecond of signature checks)
+# is verified on a worker thread, off the event loop; a smaller one is not worth the
+# hand-off.
+WARM_OFF_LOOP_BYTES = 4096
 
 # Config override key -> (GossipTuning field, factor to the field's unit).
 TUNING_OVERRIDES: dict[str, tuple[str, float]] = {
@@ -670,16 +674,27 @@ class Agent:
             # it may not make us buffer more than an opening frame needs.
             limit = wire.MAX_STREAM_FRAME_BYTES if session.peer else MAX_OPENING_FRAME_BYTES
             frame = await self._read_frame(reader, limit)
-            self._warm(session, frame)
+            await self._warm(session, frame)
             with self._lock:
                 replies = session.receive(frame, time.monotonic(), wall_ms())
             self._after_input()
             self._write_frames(writer, replies)
             await writer.drain()
 
-    def _warm(self, session: SyncSession, frame: bytes) -> None:
+    async def _warm(self, session: SyncSession, frame: bytes) -> None:
         """Verify a delta's records before taking the lock that merges them (see
-        `Table.warm`); a bad frame is left for `receive` to refuse and count."""
+        `Table.warm`). A large delta is checked on a worker thread: at N=100 a full one
+        is 15-36 ms of CPU the loop would otherwise spend unable to serve anyone, and
+        libsodium releases the GIL, so on a multi-core host the checks run beside it.
+        The session is this coroutine's alone, and `warm` only fills caches that are
+        safe to fill from any thread."""
+        if len(frame) < WARM_OFF_LOOP_BYTES:
+            self._warm_now(session, frame)
+        else:
+            await asyncio.to_thread(self._warm_now, session, frame)
+
+    def _warm_now(self, session: SyncSession, frame: bytes) -> None:
+        """A bad frame is left for `receive` to refuse and count."""
         with contextlib.suppress(MeshdError):
             records = session.peek_records(frame)
             if records:

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 import meshd
+from meshd import agent as agent_module
 from meshd.client import Client
 from meshd.errors import ConfigError
+from meshd.table import Table
 from tests.agent.cluster import Cluster, NodeFiles
 
 IPS = ["127.0.0.91", "127.0.0.92", "127.0.0.93"]
 EVENT_WAIT_S = 20.0
 CYCLES = 50
+# On the `local` profile an update is piggybacked 4 times, one gossip round (0.1 s) apart.
+RETRANSMITS_DONE_S = 2.0
 
 
 @pytest.fixture
@@ -111,6 +115,39 @@ async def test_an_embedded_node_may_serve_its_control_socket(pair) -> None:
         listed = await asyncio.to_thread(client.members)
         assert listed == [m.to_json() for m in node.members()] and listed[0]["tags"] == {"zone": "a"}
     assert not config.control_socket.exists()
+
+
+async def test_a_large_sync_delta_is_verified_off_the_event_loop(tmp_path: Path, monkeypatch) -> None:
+    """n3 joins through n1 once n2's record is no longer piggybacked, so it gets that
+    record in a push-pull's delta; with the size floor at zero, the delta's checks must
+    run where no event loop is running."""
+    monkeypatch.setattr(agent_module, "WARM_OFF_LOOP_BYTES", 0)
+    on_loop: list[bool] = []
+    warm = Table.warm
+
+    def spy(table: Table, records: list[object], wall_ms: int) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        warm(table, records, wall_ms)
+
+    monkeypatch.setattr(Table, "warm", spy)
+    cluster = Cluster(tmp_path, IPS)
+    first = cluster.node(1)
+    configs = [meshd.load_config(n.config)
+               for n in (first, cluster.node(2, seeds=[first]), cluster.node(3, seeds=[first]))]
+    async with meshd.Node(configs[0]) as a:
+        events = a.events()
+        async with meshd.Node(configs[1]):
+            await next_of(events, meshd.MemberJoined, "n2")
+            await asyncio.sleep(RETRANSMITS_DONE_S)
+            async with meshd.Node(configs[2]) as c:
+                async with asyncio.timeout(EVENT_WAIT_S):
+                    while len([m for m in c.members() if m.state == "alive"]) < 3:
+                        await asyncio.sleep(0.05)
+    assert on_loop and not any(on_loop)
 
 
 async def test_a_subnet_outside_the_certificate_fails_at_start(tmp_path: Path) -> None:
