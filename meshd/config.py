@@ -11,12 +11,13 @@ default. docs/config.md describes every key.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from meshd.errors import ConfigError
 
@@ -208,6 +209,28 @@ def load(path: str | os.PathLike[str]) -> Config:
         return Config.from_dict(data, path.absolute().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def render_local(name: str, listen: str, *, seeds: Sequence[str] = (), profile: str = "lan",
+                 vpcs: Mapping[str, str] | None = None, metrics: str | None = None) -> str:
+    """The config of a node whose files sit in one folder, as `meshd keygen --dir .` and
+    `meshd ca sign` leave them, beside the CA's folder `../ca`: the layout `meshd demo`,
+    the agent tests and the benchmarks all run, written in one place so it stays loadable."""
+    lines = [f"name = {_toml_string(name)}", 'state_dir = "state"',
+             'control_socket = "meshd.sock"', "", "[identity]", 'key = "node.key"', 'cert = "node.cert"',
+             'cluster = "../ca/cluster.pub"',
+             "", "[gossip]", f"listen = {_toml_string(listen)}",
+             f"seeds = [{', '.join(_toml_string(seed) for seed in seeds)}]",
+             f"profile = {_toml_string(profile)}"]
+    for vpc, subnet in (vpcs or {}).items():
+        lines += ["", f"[vpc.{vpc}]", f"subnet = {_toml_string(subnet)}"]
+    if metrics is not None:
+        lines += ["", "[metrics]", f"listen = {_toml_string(metrics)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text)   # a JSON string, escapes and all, is a TOML basic string
 
 
 # --- sections ------------------------------------------------------------------

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from meshd import config
+
 HOSTS = ("h1", "h2", "h3")
 BASE_IP = "127.0.77"
 PORT = 7950
@@ -81,33 +83,18 @@ class Demo:
         _show(["ca", "show", str(self.root / "h1" / "node.cert")])
 
     def write_config(self, host: str, index: int) -> None:
-        seeds = "" if index == 1 else f'seeds = ["{BASE_IP}.1:{PORT}"]'
-        (self.root / host / "meshd.toml").write_text(f"""\
-name = "{host}"
-state_dir = "state"
-control_socket = "meshd.sock"
-
-[identity]
-key = "node.key"
-cert = "node.cert"
-cluster = "../ca/cluster.pub"
-
-[gossip]
-listen = "{BASE_IP}.{index}:{PORT}"
-{seeds}
-profile = "local"
-
-[vpc.blue]
-subnet = "10.20.{index}.0/24"
-""")
+        seeds = [] if index == 1 else [f"{BASE_IP}.1:{PORT}"]
+        (self.root / host / "meshd.toml").write_text(config.render_local(
+            host, f"{BASE_IP}.{index}:{PORT}", seeds=seeds, profile="local",
+            vpcs={"blue": f"10.20.{index}.0/24"}))
 
     def start_agents(self) -> None:
         _step("Three agents start; h2 and h3 join through h1 with a signed hello")
         for host in HOSTS:
-            config = self.root / host / "meshd.toml"
+            path = self.root / host / "meshd.toml"
             log = open(self.root / host / "agent.log", "wb")
             self.procs[host] = subprocess.Popen(
-                [sys.executable, "-m", "meshd", "agent", "--config", str(config)],
+                [sys.executable, "-m", "meshd", "agent", "--config", str(path)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
         took = self.wait("all agents to see each other", lambda: all(

@@ -27,6 +27,7 @@ from typing import TypeVar
 import meshd
 from meshd import cli
 from meshd.client import Client, ControlError
+from meshd.config import render_local
 
 from .common import (
     AgentError,
@@ -75,20 +76,8 @@ class MeshdDriver(Driver):
         _meshd("ca", "sign", "--dir", self._ca, "--node-pub", folder / "node.pub",
                "--name", node_name(index), "--out", folder / "node.cert")
         config = folder / "meshd.toml"
-        config.write_text(f"""\
-name = "{node_name(index)}"
-state_dir = "state"
-control_socket = "meshd.sock"
-
-[identity]
-key = "node.key"
-cert = "node.cert"
-cluster = "../ca/cluster.pub"
-
-[gossip]
-listen = "{agent_ip(index)}:{GOSSIP_PORT}"
-profile = "{PROFILE}"
-""")
+        config.write_text(render_local(node_name(index), f"{agent_ip(index)}:{GOSSIP_PORT}",
+                                       profile=PROFILE))
         self._clients[index] = Client(folder / "meshd.sock", self.settings.rpc_timeout_s)
         return config
 

@@ -22,9 +22,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from meshd import cli
+from meshd.config import render_local
 
 MESHD = [sys.executable, "-m", "meshd"]
 POLL_S = 0.1
@@ -142,7 +143,7 @@ class Cluster:
         code, _ = meshd_in_process("ca", "init", "--dir", root / "ca")
         assert code == 0
 
-    def node(self, index: int, *, seeds: list[NodeFiles] = (), extra: str = "",  # type: ignore[assignment]
+    def node(self, index: int, *, seeds: Sequence[NodeFiles] = (), metrics: str | None = None,
              vpc_grant: str | None = None, vpc_subnet: str | None = None) -> NodeFiles:
         """Keys, a certificate and a config for node `n{index}` on `ips[index - 1]`."""
         node = NodeFiles(f"n{index}", self.root / f"n{index}", self.ips[index - 1], self.port)
@@ -153,25 +154,9 @@ class Cluster:
                       "--out", node.folder / "node.cert")):
             code, _ = meshd_in_process(*args)
             assert code == 0, args
-        seed_list = ", ".join(f'"{seed.gossip}"' for seed in seeds)
-        node.config.write_text(f"""\
-name = "{node.name}"
-state_dir = "state"
-control_socket = "meshd.sock"
-{extra}
-[identity]
-key = "node.key"
-cert = "node.cert"
-cluster = "../ca/cluster.pub"
-
-[gossip]
-listen = "{node.gossip}"
-seeds = [{seed_list}]
-profile = "{self.profile}"
-
-[vpc.blue]
-subnet = "{vpc_subnet or grant}"
-""")
+        node.config.write_text(render_local(
+            node.name, node.gossip, seeds=[seed.gossip for seed in seeds], profile=self.profile,
+            vpcs={"blue": vpc_subnet or grant}, metrics=metrics))
         return node
 
     def start(self, node: NodeFiles, *argv: str) -> subprocess.Popen[bytes]:

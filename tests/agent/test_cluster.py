@@ -42,8 +42,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     metrics_port = cluster.port
     nodes: list[NodeFiles] = []
     for i in range(1, N + 1):
-        extra = f'[metrics]\nlisten = "{IPS[0]}:{metrics_port + 1}"\n' if i == 1 else ""
-        nodes.append(cluster.node(i, seeds=nodes[:1], extra=extra))
+        metrics = f"{IPS[0]}:{metrics_port + 1}" if i == 1 else None
+        nodes.append(cluster.node(i, seeds=nodes[:1], metrics=metrics))
     try:
         for node in nodes:
             cluster.start(node)

@@ -192,3 +192,27 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
 def test_endpoint_round_trips_through_text() -> None:
     for text in ("10.0.0.1:1", "[fd00::1]:65535", "[fe80::1%eth0]:7946"):
         assert str(Endpoint.parse(text)) == text
+
+
+def test_render_local_writes_a_config_that_loads_back(tmp_path: Path) -> None:
+    path = write(tmp_path, config.render_local(
+        "n1", "127.0.0.2:7946", seeds=["127.0.0.1:7946", "[::1]:7946"], profile="local",
+        vpcs={"blue": "10.20.1.0/24"}, metrics="127.0.0.2:9464"))
+    cfg = config.load(path)
+    folder = path.parent
+    assert (cfg.name, cfg.state_dir, cfg.control_socket) == (
+        "n1", folder / "state", folder / "meshd.sock")
+    assert (cfg.identity.key, cfg.identity.cert) == (folder / "node.key", folder / "node.cert")
+    assert cfg.identity.cluster == folder / ".." / "ca" / "cluster.pub"
+    assert [str(seed) for seed in cfg.gossip.seeds] == ["127.0.0.1:7946", "[::1]:7946"]
+    assert (str(cfg.gossip.listen), cfg.gossip.profile) == ("127.0.0.2:7946", "local")
+    assert [(vpc.name, str(vpc.subnet)) for vpc in cfg.vpcs] == [("blue", "10.20.1.0/24")]
+    assert cfg.metrics is not None and str(cfg.metrics.listen) == "127.0.0.2:9464"
+    assert cfg.wireguard is None
+
+
+def test_render_local_quotes_what_it_is_given(tmp_path: Path) -> None:
+    """A value with a quote or backslash is escaped, so it reaches the checks intact."""
+    path = write(tmp_path, config.render_local('n"1\\', "127.0.0.2:7946"))
+    with pytest.raises(ConfigError, match=r"""name: 'n"1\\\\' is not a DNS label"""):
+        config.load(path)
