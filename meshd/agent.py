@@ -513,11 +513,11 @@ class Agent:
     # --- receiving and flushing -------------------------------------------------------
 
     def _after_input(self) -> None:
-        """After the loop changed the engine: flush, and wake the gossip thread (the
-        engine's deadline may have moved)."""
+        """After the loop changed the engine: flush, and wake the gossip thread if the
+        engine's deadline moved sooner."""
         self._flush()
         if self._pump is not None:
-            self._pump.poke()
+            self._pump.reschedule()
 
     def _flush(self) -> None:
         """Send what the engine queued, publish its events, start the syncs it asks for."""

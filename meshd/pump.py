@@ -9,8 +9,8 @@ something for it: events, push-pulls to start, a version to persist.
 
 The engine is shared with the loop (commands, push-pull sessions, snapshots),
 so both sides touch it only under one lock, held for one batch of datagrams
-at a time. Whoever changes the engine from outside calls `poke()`, which wakes
-the thread to send what was queued and to re-read the deadline.
+at a time. Whoever changes the engine from outside sends what it queued and
+calls `reschedule()`, which wakes the thread if the deadline moved sooner.
 """
 
 from __future__ import annotations
@@ -65,13 +65,26 @@ class DatagramPump:
         self._pipe_lock = threading.Lock()
         self._pipe_open = True
         self._stopping = False
+        #: The deadline the thread sleeps until (read and set under `lock`).
+        self._wake_at = math.inf
         self._thread = threading.Thread(target=self._main, name="meshd-gossip", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def reschedule(self) -> None:
+        """From any thread, after changing the engine and sending what it queued: wakes
+        the thread only if the engine's deadline is now sooner than the one the thread
+        sleeps until. A push-pull changes the engine with every frame it reads, and a
+        join runs several; most of them move no deadline, and a wake-up for each would
+        cost the thread's lock and a deadline computation for nothing."""
+        with self._lock:
+            sooner = self._engine.next_deadline() < self._wake_at
+        if sooner:
+            self.poke()
+
     def poke(self) -> None:
-        """From any thread: the engine changed; send its datagrams, re-read its deadline."""
+        """From any thread: wake the thread now, to re-read the deadline (or to stop)."""
         with self._pipe_lock:
             if not self._pipe_open:
                 return   # stopped: nothing left to wake
@@ -134,7 +147,7 @@ class DatagramPump:
         self._run_engine([])    # what the engine queued before we ran (a seed's hello)
         while not self._stopping:
             with self._lock:
-                deadline = self._engine.next_deadline()
+                deadline = self._wake_at = self._engine.next_deadline()
             wait_s = deadline - time.monotonic()
             timeout_ms = -1 if math.isinf(wait_s) else max(0, math.ceil(wait_s * 1000))
             for fd, _ in poller.poll(timeout_ms):

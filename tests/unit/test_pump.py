@@ -6,6 +6,8 @@ import math
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -111,3 +113,62 @@ def test_a_datagram_refused_for_now_is_counted_dropped_only_on_the_last_try() ->
         assert drops == ["send_busy", "send_busy"]
     finally:
         datagrams.stop()
+
+
+class TimerEngine(StallingEngine):
+    """An engine with a settable deadline that counts the thread's wake-ups (one
+    `datagrams_to_send` per batch) and its timer runs."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.wakeups = 0
+        self.timer_ran = threading.Event()
+
+    def next_deadline(self) -> float:
+        return self.deadline
+
+    def handle_timer(self, *args: object) -> None:
+        self.deadline = math.inf
+        self.timer_ran.set()
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
+        self.wakeups += 1
+        return []
+
+
+def test_reschedule_wakes_the_thread_only_for_a_sooner_deadline() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    lock = threading.RLock()
+    engine = TimerEngine(time.monotonic() + 60)
+    datagrams = DatagramPump(sock, engine, lock,  # type: ignore[arg-type]
+                             wants_shell=lambda: False, on_output=lambda: None,
+                             on_exit=lambda error: None, drop=lambda *args: None)
+    try:
+        datagrams.start()
+        assert wait_until(lambda: datagrams._wake_at == engine.deadline)
+        assert engine.wakeups == 1        # the start-up batch
+        with lock:
+            engine.deadline += 30         # moved later: the thread may sleep on
+        datagrams.reschedule()
+        time.sleep(0.2)
+        assert engine.wakeups == 1 and not engine.timer_ran.is_set()
+        with lock:
+            engine.deadline = time.monotonic()   # due now
+        datagrams.reschedule()
+        assert engine.timer_ran.wait(WAIT_S)
+        assert wait_until(lambda: engine.wakeups == 2)
+    finally:
+        datagrams.stop()
+        sock.close()
+
+
+def wait_until(predicate: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
