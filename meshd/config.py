@@ -216,10 +216,15 @@ def render_local(name: str, listen: str, *, seeds: Sequence[str] = (), profile: 
     """The config of a node whose files sit in one folder, as `meshd keygen --dir .` and
     `meshd ca sign` leave them, beside the CA's folder `../ca`: the layout `meshd demo`,
     the agent tests and the benchmarks all run, written in one place so it stays loadable."""
-    lines = [f"name = {_toml_string(name)}", 'state_dir = "state"',
-             'control_socket = "meshd.sock"', "", "[identity]", 'key = "node.key"', 'cert = "node.cert"',
+    lines = [f"name = {_toml_string(name)}",
+             'state_dir = "state"',
+             'control_socket = "meshd.sock"',
+             "", "[identity]",
+             'key = "node.key"',
+             'cert = "node.cert"',
              'cluster = "../ca/cluster.pub"',
-             "", "[gossip]", f"listen = {_toml_string(listen)}",
+             "", "[gossip]",
+             f"listen = {_toml_string(listen)}",
              f"seeds = [{', '.join(_toml_string(seed) for seed in seeds)}]",
              f"profile = {_toml_string(profile)}"]
     for vpc, subnet in (vpcs or {}).items():
