@@ -7,12 +7,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from meshd import pump
 from meshd.pump import DatagramPump
+from tests.agent.cluster import wait_for
 
 WAIT_S = 5.0
 
@@ -148,7 +148,8 @@ def test_reschedule_wakes_the_thread_only_for_a_sooner_deadline() -> None:
                              on_exit=lambda error: None, drop=lambda *args: None)
     try:
         datagrams.start()
-        assert wait_until(lambda: datagrams._wake_at == engine.deadline)
+        wait_for("the thread to sleep until the deadline",
+                 lambda: datagrams._wake_at == engine.deadline, WAIT_S)
         assert engine.wakeups == 1        # the start-up batch
         with lock:
             engine.deadline += 30         # moved later: the thread may sleep on
@@ -159,16 +160,8 @@ def test_reschedule_wakes_the_thread_only_for_a_sooner_deadline() -> None:
             engine.deadline = time.monotonic()   # due now
         datagrams.reschedule()
         assert engine.timer_ran.wait(WAIT_S)
-        assert wait_until(lambda: engine.wakeups == 2)
+        wait_for("the timer's batch", lambda: engine.wakeups == 2, WAIT_S)
     finally:
         datagrams.stop()
         sock.close()
 
-
-def wait_until(predicate: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
