@@ -48,6 +48,7 @@ bench: deps
 	$(PY) bench/crypto_wire.py --out bench/RESULTS.md
 	$(PY) bench/sim_scale.py --out bench/RESULTS.md
 	$(PY) bench/wake_floor.py --out bench/RESULTS.md
+	$(PY) bench/join_floor.py --out bench/RESULTS.md
 	$(PY) bench/vs_peers.py --n 10,25,50,100 --reps 2 --out bench/RESULTS.md
 
 clean:

@@ -10,7 +10,9 @@ rest goes by running, side by side, processes that do nothing but the wake-ups:
 - ``sleep``: a Python loop blocked in poll(2) with a 333 ms timeout, no I/O;
 - ``udp``: two Python processes on loopback that each send one 64-byte probe a second
   (half a second apart) and answer the other's: SWIM's three wake-ups, no protocol;
-- ``meshd``: two real meshd agents (membership only, ``lan`` profile) joined together.
+- ``meshd``: two real meshd agents (membership only, ``lan`` profile) joined together;
+- ``kinship``: two kinship agents (``lan`` preset, Rust core) joined the same way, so
+  the floor and the agent a user would pick instead are measured in one run.
 
 CPU is read from /proc/PID/task/*/schedstat (ns) over the window, wake-ups from
 voluntary context switches. Prints a markdown table; ``--out FILE`` also appends it.
@@ -37,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.common import AgentError, DriverSettings, cpu_seconds  # noqa: E402
-from peers.meshd_driver import MeshdDriver  # noqa: E402
+from peers import DRIVERS  # noqa: E402
 
 LOOPBACK = "127.0.4.1"
 PORTS = (47001, 47002)
@@ -118,10 +120,10 @@ def spawn_child(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, "--child", *args])
 
 
-async def measure_meshd(window_s: float) -> Row:
+async def measure_agents(system: str, what: str, window_s: float) -> Row:
     """Two agents through the vs_peers driver, the second joined through the first."""
     with tempfile.TemporaryDirectory(prefix="wake_floor-") as workdir:
-        driver = MeshdDriver(DriverSettings(Path(workdir)))
+        driver = DRIVERS[system](DriverSettings(Path(workdir)))
         try:
             for index in (1, 2):
                 await driver.launch(index)
@@ -133,9 +135,7 @@ async def measure_meshd(window_s: float) -> Row:
                     await asyncio.sleep(0.1)
             await driver.join(2, 1)
             await asyncio.sleep(3 * SETTLE_S)   # joined, and the join's settling syncs are over
-            return await asyncio.to_thread(
-                measure, "meshd agent, 2 members, lan profile", [driver.pid(1), driver.pid(2)],
-                window_s)
+            return await asyncio.to_thread(measure, what, [driver.pid(1), driver.pid(2)], window_s)
         finally:
             await driver.stop_all()
 
@@ -163,7 +163,10 @@ def run(window_s: float) -> list[Row]:
             rows.append(measure(what, [p.pid for p in procs], window_s))
         finally:
             stop(procs)
-    rows.append(asyncio.run(measure_meshd(window_s)))
+    rows.append(asyncio.run(measure_agents("meshd", "meshd agent, 2 members, lan profile",
+                                           window_s)))
+    rows.append(asyncio.run(measure_agents("kinship", "kinship agent, 2 members, lan preset",
+                                           window_s)))
     return rows
 
 
