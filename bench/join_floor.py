@@ -46,7 +46,7 @@ from meshd.sim.cluster import Cluster, SimNode
 from meshd.table import RecordCache, Table
 from peers import DRIVERS
 from peers.common import AgentError, DriverSettings, cpu_seconds, node_name
-from vs_peers import Poller, join_all, sees_all_alive, timed
+from vs_peers import Poller, cell, join_all, ratio, sees_all_alive, timed
 
 SIM_SEED = 1
 ADMISSION_TRIES = 5
@@ -155,7 +155,7 @@ def measure_floor(n: int, cores: int) -> Floor:
 @dataclass(frozen=True, slots=True)
 class Join:
     seconds: float | None
-    cpu_ms_per_agent: float
+    cpu_ms_per_agent: float | None
 
 
 async def measure_join(system: str, n: int) -> Join:
@@ -181,22 +181,6 @@ async def measure_join(system: str, n: int) -> Join:
 # --- output ------------------------------------------------------------------------------
 
 
-def median_worst(values: Sequence[float | None], digits: int) -> str:
-    if any(v is None for v in values):
-        return "✗"
-    got = sorted(v for v in values if v is not None)
-    median, worst = statistics.median(got), got[-1]
-    text = f"{median:.{digits}f}"
-    return text if f"{worst:.{digits}f}" == text else f"{text} / {worst:.{digits}f}"
-
-
-def ratio(ours: float | None, theirs: Sequence[float | None]) -> str:
-    got = [v for v in theirs if v is not None]
-    if ours is None or not got:
-        return "n/a"
-    return f"{ours / statistics.median(got):.2f}"
-
-
 def render(floors: dict[int, Floor], joins: dict[tuple[str, int], list[Join]], reps: int) -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cores = next(iter(floors.values())).cores
@@ -213,13 +197,12 @@ def render(floors: dict[int, Floor], joins: dict[tuple[str, int], list[Join]], r
         ours, theirs = joins.get(("meshd", n), []), joins.get(("kinship", n), [])
         kin_s = [j.seconds for j in theirs]
         ours_s = [j.seconds for j in ours]
-        ours_median = statistics.median(ours_s) if ours_s and None not in ours_s else None
         lines.append(
             f"| {n} | {floor.admission_ms:.1f} | {floor.engine_ms:.1f} | {floor.per_agent_ms:.1f} | "
-            f"{floor.wall_s:.2f} | {median_worst(ours_s, 2)} | "
-            f"{median_worst([j.cpu_ms_per_agent for j in ours], 1)} | {median_worst(kin_s, 2)} | "
-            f"{median_worst([j.cpu_ms_per_agent for j in theirs], 1)} | "
-            f"{ratio(floor.wall_s, kin_s)} | {ratio(ours_median, kin_s)} |")
+            f"{floor.wall_s:.2f} | {cell(ours_s, 2)} | "
+            f"{cell([j.cpu_ms_per_agent for j in ours], 1)} | {cell(kin_s, 2)} | "
+            f"{cell([j.cpu_ms_per_agent for j in theirs], 1)} | "
+            f"{ratio([floor.wall_s], kin_s)} | {ratio(ours_s, kin_s)} |")
     lines += [
         "",
         ("Cells are median / worst over the joins (one value when they agree); ✗: a join "
@@ -250,9 +233,9 @@ async def run_joins(sizes: Sequence[int], reps: int, log: Callable[[str], None]
                     join = await measure_join(system, n)
                 except AgentError as exc:
                     log(f"{system} N={n} rep {rep}: failed: {exc}")
-                    join = Join(None, float("nan"))
+                    join = Join(None, None)
                 log(f"{system} N={n} rep {rep}: join {join.seconds} s, "
-                    f"{join.cpu_ms_per_agent:.1f} CPU ms/agent")
+                    f"{join.cpu_ms_per_agent} CPU ms/agent")
                 joins.setdefault((system, n), []).append(join)
     return joins
 
