@@ -80,10 +80,12 @@ class Record:
     signed: Signed = field(repr=False)
     info: NodeInfo | ServiceInfo | Revocation | None = field(default=None, repr=False)
     tag: int = RECORD_TAG
+    #: The table's key for this record, built once: every lookup of a merge reads it, and
+    #: the simulator's tables, which share record objects, then share it as well.
+    ident: Ident = field(init=False, repr=False, compare=False)
 
-    @property
-    def ident(self) -> Ident:
-        return (self.origin, self.kind, self.key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ident", (self.origin, self.kind, self.key))
 
     @property
     def deleted(self) -> bool:
