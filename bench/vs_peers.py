@@ -98,7 +98,7 @@ METRICS = (
     Metric("update_s", "Update: s until every agent sees agent 2's new tag/meta", 2),
     Metric("kill_s", "kill -9: s until every survivor sees the killed agent failed", 2),
     Metric("leave_s", "Graceful leave: s until every remaining agent sees it left", 2),
-    Metric("cpu_pct", "Idle CPU per agent (% of one core)", 2),
+    Metric("cpu_pct", "Idle CPU per agent (% of one core)", 3),
     Metric("rss_mib", "RSS per agent (MiB, VmRSS)", 1),
     Metric("payload_bps", "Idle gossip per agent (UDP+TCP L4 payload, B/s)", 0),
     Metric("wire_bps", "Idle gossip per agent (IPv4 bytes incl. headers, B/s)", 0),

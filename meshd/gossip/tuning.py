@@ -19,7 +19,11 @@ PROFILES = ("lan", "wan", "local")
 class GossipTuning:
     """Timers and multipliers; units ride in the names."""
 
-    probe_interval_s: float = 1.0        # one probe per interval, round-robin over members
+    # One probe per interval. memberlist's LAN default is 1 s; meshd's ring probes every
+    # member once a round and confirmed suspicions end early, so at 2 s a crash is still
+    # seen by all in 2.4-3.0 s (kinship at 1 s: 6-8 s), while an idle node, whose CPU and
+    # bytes are its probe rounds, costs half (bench/RESULTS.md, session 12).
+    probe_interval_s: float = 2.0
     probe_timeout_s: float = 0.4         # direct ack wait before indirect probes (> a LAN RTT)
     indirect_timeout_s: float = 0.5     # wait for ping-req relays before suspecting
     indirect_checks: int = 3             # members asked to probe on our behalf

@@ -6,6 +6,7 @@ datagrams to the others, at a virtual time the test controls.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable
 
@@ -15,7 +16,7 @@ from meshd import wire
 from meshd.gossip.auth import MAC_BYTES
 from meshd.gossip.claims import CLAIM_DEAD, CLAIM_SUSPECT, Claim
 from meshd.gossip.engine import (
-    EAGER_QUEUE_LIMIT, PROBE_SPREAD, UNSETTLED_PROBES, Gossip, parse_address,
+    EAGER_QUEUE_LIMIT, JOIN_SETTLE_GAPS, PROBE_SPREAD, UNSETTLED_PROBES, Gossip, parse_address,
 )
 from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberJoined, MemberLeft, MemberSuspected,
@@ -27,6 +28,9 @@ from meshd.wire import MsgType
 from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
 
 Drop = Callable[[int, int, bytes], bool]
+#: The default (lan) probe interval: the tests below count rounds, not seconds.
+PERIOD = GossipTuning.lan().probe_interval_s
+PERIOD_MS = int(PERIOD * 1000)
 
 
 class Router:
@@ -519,7 +523,7 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
 
 def test_periodic_anti_entropy_is_a_hash_on_a_ping_and_a_stream_only_if_tables_differ(
         trio: Router, monkeypatch: pytest.MonkeyPatch) -> None:
-    trio.advance(2.0)                        # joiners' settling syncs are over
+    trio.advance(2 * PERIOD)                 # joiners' settling syncs are over
     streams: list[tuple[int, int]] = []
     monkeypatch.setattr(trio, "sync", lambda i, j, peer: streams.append((i, j)))
     start = len(trio.sent)
@@ -549,13 +553,13 @@ def test_every_node_probes_once_a_round_at_its_start() -> None:
     router.advance(3.0)
     per_round: dict[tuple[int, int], int] = {}
     step_ms = 50
-    for _ in range(200):                     # 10 s
+    for _ in range(10 * PERIOD_MS // step_ms):   # 10 rounds
         start = len(router.sent)
         router.advance(step_ms / 1000, step=step_ms / 1000)
         for i, _, data in router.sent[start:]:
             if wire.decode_datagram_prefix(data)[0].type == MsgType.PING:
-                round_no, phase_ms = divmod(router.wall_ms, 1000)
-                assert phase_ms <= PROBE_SPREAD * 1000 + step_ms   # (the router's step)
+                round_no, phase_ms = divmod(router.wall_ms, PERIOD_MS)
+                assert phase_ms <= PROBE_SPREAD * PERIOD_MS + step_ms   # (the router's step)
                 per_round[(i, round_no)] = per_round.get((i, round_no), 0) + 1
     assert set(per_round.values()) == {1}
     assert len(per_round) >= 6 * 9
@@ -581,7 +585,7 @@ def test_an_update_after_a_quiet_spell_does_not_read_as_a_late_timer() -> None:
     _, members = make_cluster(5)
     router = Router(members)
     router.join_all()
-    router.advance(40.0, step=0.25)          # queues drained long ago
+    router.advance(40.0)                     # queues drained long ago
     assert all(e.queued_broadcasts == 0 and e.awareness == 0 for e in router.engines)
     router.engines[1].set_tags({"after": "quiet"}, router.now, router.wall_ms)
     router.flush()
@@ -597,10 +601,10 @@ def test_a_node_in_poor_health_still_probes_every_round() -> None:
     router.advance(3.0)
     router.engines[2].awareness = 3
     rounds = set()
-    for _ in range(60):                      # 3 s
+    for _ in range(3 * PERIOD_MS // 50):     # 3 rounds
         start = len(router.sent)
         router.advance(0.05)
-        rounds |= {router.wall_ms // 1000 for i, _, data in router.sent[start:]
+        rounds |= {router.wall_ms // PERIOD_MS for i, _, data in router.sent[start:]
                    if i == 2 and wire.decode_datagram_prefix(data)[0].type == MsgType.PING}
     assert len(rounds) == 3
 
@@ -610,7 +614,7 @@ def test_a_probe_goes_early_on_a_wake_up_and_the_probe_rate_stays() -> None:
     router = Router(members)
     router.join_all()
     start = len(router.sent)
-    router.advance(60.0)
+    router.advance(60 * PERIOD)
     pings = [(i, data) for i, _, data in router.sent[start:]
              if wire.decode_datagram_prefix(data)[0].type == MsgType.PING]
     for i in range(5):
@@ -627,15 +631,16 @@ def test_a_joiner_syncs_again_soon_after_its_join_sync_first_with_its_seed() -> 
     joiner.join([router.address(0)], router.now, router.wall_ms)
     router.flush()
     start = router.now
+    step = 1 / 64                            # exact in binary: a deadline is hit, not passed
     times, peers = [], []
-    for _ in range(60):
-        router.now += 0.05
+    for _ in range(int(2 * PERIOD / step)):
+        router.now += step
         if joiner.next_deadline() <= router.now:
             joiner.handle_timer(router.now, router.wall_ms)
         for peer, _ in joiner.syncs_to_start():
-            times.append(round(router.now - start, 2))
+            times.append(router.now - start)
             peers.append(peer)
-    assert times == [0.25, 0.75, 1.75]
+    assert times == list(itertools.accumulate(gap * PERIOD for gap in JOIN_SETTLE_GAPS))
     assert peers[0] == seed.node_id          # in a join storm the seed heard every hello
 
 
@@ -650,20 +655,20 @@ def _pings_with_hash(router: Router, start: int) -> list[int]:
 
 
 def test_for_a_while_after_a_change_every_ping_carries_the_hash(trio: Router) -> None:
-    trio.advance(12.0)                        # the join's changes are 10 intervals old
+    trio.advance((UNSETTLED_PROBES + 2) * PERIOD)   # the join's changes are old enough
     for engine in trio.engines:
-        engine._push_pull_at = trio.now + 100.0   # keep the periodic check out of the way
+        engine._push_pull_at = trio.now + 100 * PERIOD   # keep the periodic check out of the way
     start = len(trio.sent)
-    trio.advance(5.0)
+    trio.advance(5 * PERIOD)
     assert _pings_with_hash(trio, start) == []    # settled: pings are bare
     trio.engines[0].set_tags({"new": "tag"}, trio.now, trio.wall_ms)
     start = len(trio.sent)
-    trio.advance(5.0)
+    trio.advance(5 * PERIOD)
     senders = _pings_with_hash(trio, start)
     assert sorted(set(senders)) == [0, 1, 2] and len(senders) >= 12
-    trio.advance(6.0)
+    trio.advance(6 * PERIOD)
     start = len(trio.sent)
-    trio.advance(5.0)
+    trio.advance(5 * PERIOD)
     assert _pings_with_hash(trio, start) == []    # settled again
 
 
