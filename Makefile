@@ -37,6 +37,7 @@ venv: $(VENV)/.stamp-deps
 deps: sysdeps venv
 
 test: deps
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps
@@ -52,4 +53,4 @@ bench: deps
 	$(PY) bench/vs_peers.py --n 10,25,50,100 --reps 2 --out bench/RESULTS.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .hypothesis
+	rm -rf $(VENV) build *.egg-info .hypothesis .mypy_cache

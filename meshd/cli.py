@@ -83,7 +83,8 @@ def build_parser(commands: Sequence[Command], groups: dict[tuple[str, ...], str]
     """Build the argparse tree from the command table; groups get help text from `groups`."""
     parser = _Parser(prog="meshd", description="A signed, gossiped WireGuard mesh for containers.")
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
-    subparsers = {(): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
+    subparsers: dict[tuple[str, ...], Any] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND", required=True)}
     for command in commands:
         parent = _subparsers(subparsers, command.path[:-1], groups)
         sub = parent.add_parser(command.path[-1], help=command.help, description=command.help)
@@ -265,7 +266,7 @@ def parse_grants(values: Sequence[str]) -> dict[str, list[IPNetwork]]:
         identity.check_label(name, "VPC name")
         subnet = identity.parse_network(cidr, f"--vpc {name}")
         for other in grants.get(name, []):
-            if other.version == subnet.version and other.overlaps(subnet):  # type: ignore[arg-type]
+            if other.version == subnet.version and other.overlaps(subnet):
                 raise UsageError(f"--vpc {name}: {subnet} overlaps {other} in the same VPC")
         grants.setdefault(name, []).append(subnet)
     return grants

@@ -57,7 +57,8 @@ ORIGIN_HASH_BYTES = 8
 DIGEST_ENTRY = struct.Struct(f">{wire.NODE_ID_BYTES}sQ{ORIGIN_HASH_BYTES}s")
 DIGEST_CHUNK_ENTRIES = wire.MAX_BIN_BYTES // DIGEST_ENTRY.size
 NO_ORIGIN_HASH = bytes(ORIGIN_HASH_BYTES)
-_BODY_TYPES = {KIND_NODE: NodeInfo, KIND_SERVICE: ServiceInfo}
+_BODY_TYPES: dict[str, type[NodeInfo] | type[ServiceInfo]] = {
+    KIND_NODE: NodeInfo, KIND_SERVICE: ServiceInfo}
 
 Ident = tuple[bytes, str, str]
 
@@ -474,11 +475,11 @@ class Table:
             cert = self.trust.verify_certificate(record.info.cert, wall_ms)
             record.info.check(record.origin, cert)
             return cert
-        cert = self._certs.get(record.origin)
-        if cert is None:
+        held = self._certs.get(record.origin)
+        if held is None:
             raise UnknownOriginError("record from an origin with no node record here")
         if isinstance(record.info, ServiceInfo):
-            record.info.check(record.origin, cert)
+            record.info.check(record.origin, held)
         return None
 
     def _apply(self, record: Record, cert: Certificate | None, result: MergeResult,

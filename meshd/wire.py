@@ -13,6 +13,7 @@ forward it byte for byte and nobody re-encodes someone else's words.
 
 from __future__ import annotations
 
+import builtins
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,9 @@ class Fields:
             raise WireError(f"{self._what}.{key}: {value} outside [{lo}, {hi}]")
         return value
 
-    def str(self, key: str, *, max_len: int = 255, optional: bool = False) -> Any:
+    # From here on `int`, `str` and `bool` in this class name the methods above: annotations
+    # say `builtins.` for the types.
+    def str(self, key: builtins.str, *, max_len: builtins.int = 255, optional: bool = False) -> Any:
         value = self._get(key, str, optional)
         if value is None:
             return None
@@ -193,16 +196,17 @@ class Fields:
             raise TooLargeError(f"{self._what}.{key}: {len(value)} characters exceeds {max_len}")
         return value
 
-    def bool(self, key: str, *, optional: bool = False) -> Any:
+    def bool(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
         return self._get(key, bool, optional)
 
-    def list(self, key: str, *, max_len: int = MAX_MAP_LEN, optional: bool = False) -> Any:
+    def list(self, key: builtins.str, *, max_len: builtins.int = MAX_MAP_LEN,
+             optional: builtins.bool = False) -> Any:
         value = self._get(key, list, optional)
         if value is not None and len(value) > max_len:
             raise TooLargeError(f"{self._what}.{key}: {len(value)} items exceeds {max_len}")
         return value
 
-    def map(self, key: str, *, optional: bool = False) -> Any:
+    def map(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
         return self._get(key, dict, optional)
 
 
