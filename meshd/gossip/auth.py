@@ -12,6 +12,7 @@ a replayer.
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import nacl.bindings
 import nacl.exceptions
@@ -99,7 +100,7 @@ class PairwiseAuth:
             raise WireError("datagram too short for a MAC")
         data, mac = datagram[:-MAC_BYTES], datagram[-MAC_BYTES:]
         expected = hashlib.blake2b(data, key=self._key(sender), digest_size=MAC_BYTES).digest()
-        if not nacl.bindings.sodium_memcmp(mac, expected):
+        if not hmac.compare_digest(mac, expected):
             raise BadSignatureError("datagram MAC does not match its sender")
         return data
 

@@ -46,8 +46,8 @@ from meshd.gossip.events import (
 from meshd.gossip.hello import Hellos
 from meshd.gossip.sync import SyncSession
 from meshd.gossip.tuning import (
-    GossipTuning, eager_fanout, remaining_suspicion_s, retransmit_limit, scaled_timeout,
-    suspicion_max_s,
+    GossipTuning, eager_fanout, own_fanout, remaining_suspicion_s, retransmit_limit,
+    scaled_timeout, suspicion_max_s,
 )
 from meshd.identity import verify
 from meshd.records import KIND_NODE, NODE_KEY, NodeInfo
@@ -408,14 +408,15 @@ class Gossip:
     def _eager_push(self, sized: list[tuple[Any, int]], wide: bool = False,
                     extra: Member | None = None) -> None:
         """Send fresh updates to `eager_fanout` random members now, not at the next round;
-        `wide` (our own records: tags, refutations, leave) to twice as many, so the first
-        hop is the widest (in a small cluster, everyone): one node's own updates are rare.
+        `wide` (our own records: tags, refutations, leave) to `own_fanout` of them, so the
+        first hop is the widest (up to 64 members, everyone in a smaller cluster).
 
         All updates one merge brought travel together, as few datagrams as fit: in a
         join storm a datagram carries several new records, and a push per record would
         multiply every node's datagrams (and their CPU) by that many.
         """
-        count = eager_fanout(self.tuning.fanout, self.alive_count) * (2 if wide else 1)
+        n = self.alive_count
+        count = own_fanout(self.tuning.fanout, n) if wide else eager_fanout(self.tuning.fanout, n)
         targets = self._random_members(count)
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
@@ -428,20 +429,22 @@ class Gossip:
 
         Draws from the ID ring and rejects the ineligible, so a pick costs O(k), not
         O(members) (every new update is pushed to fanout members at once); only when
-        too few draws succeed (a small or mostly dead cluster) does it scan them all.
+        too few draws succeed (a small or mostly dead cluster) or k asks for about every
+        live member (our own updates in a small cluster) does it scan them all.
         """
         skip = set(exclude)
         skip.add(self.node_id)
-        chosen: dict[bytes, Member] = {}
-        for _ in range(4 * k + 8):
+        if k < self._live_members:
+            chosen: dict[bytes, Member] = {}
+            for _ in range(4 * k + 8):
+                if len(chosen) == k:
+                    break
+                node_id = self._ring[self.rng.randrange(len(self._ring))]
+                member = self.members.get(node_id)
+                if member is not None and node_id not in skip and _reachable(member):
+                    chosen[node_id] = member
             if len(chosen) == k:
-                break
-            node_id = self._ring[self.rng.randrange(len(self._ring))]
-            member = self.members.get(node_id)
-            if member is not None and node_id not in skip and _reachable(member):
-                chosen[node_id] = member
-        if len(chosen) == k:
-            return list(chosen.values())
+                return list(chosen.values())
         pool = [m for m in self.members.values() if m.node_id not in skip and _reachable(m)]
         return self.rng.sample(pool, min(k, len(pool)))
 

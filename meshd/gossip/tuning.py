@@ -78,6 +78,20 @@ def eager_fanout(fanout: int, n: int) -> int:
     return max(fanout, math.ceil(math.log(max(1, n)) + 2))
 
 
+#: The most members a node pushes its own fresh record to at once (see `own_fanout`).
+OWN_PUSH_MAX = 64
+
+
+def own_fanout(fanout: int, n: int) -> int:
+    """Members a node pushes its own fresh record to at once: every other member, up to
+    `OWN_PUSH_MAX`, and never fewer than twice the relay fanout. A node's own updates are
+    rare (tags, a refutation, its leave) and each costs it one datagram per target, while
+    every hop of an epidemic costs a network and scheduling delay: in one hop a refutation
+    ends the suspicions against it and a tag change reaches every watcher. Each receiver
+    still relays it as news, so the members beyond the cap hear it one hop later."""
+    return max(2 * eager_fanout(fanout, n), min(n - 1, OWN_PUSH_MAX))
+
+
 def suspicion_max_s(mult: float, n: int, interval_s: float) -> float:
     """The timeout a lone suspicion (no confirmations) waits: grows with log10 n."""
     return mult * max(1.0, math.log10(max(1, n))) * interval_s

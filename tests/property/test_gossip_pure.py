@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from meshd.gossip.auth import WINDOW_BITS, ReplayWindow
 from meshd.gossip.broadcast import BroadcastQueue
 from meshd.gossip.tuning import (
-    GossipTuning, eager_fanout, remaining_suspicion_s, retransmit_limit, scaled_timeout, suspicion_max_s,
+    OWN_PUSH_MAX, GossipTuning, eager_fanout, own_fanout, remaining_suspicion_s, retransmit_limit,
+    scaled_timeout, suspicion_max_s,
 )
 
 small = settings(max_examples=200, deadline=None)
@@ -53,6 +54,16 @@ def test_eager_fanout_leaves_few_nodes_unreached(n: int, fanout: int) -> None:
     f = eager_fanout(fanout, n)
     assert f >= fanout
     assert n * math.exp(-f) <= 0.14
+
+
+@small
+@given(st.integers(2, 100_000), st.integers(1, 8))
+def test_own_updates_reach_a_small_cluster_in_one_hop_and_cost_a_large_one_a_bounded_burst(
+        n: int, fanout: int) -> None:
+    f = own_fanout(fanout, n)
+    assert f >= 2 * eager_fanout(fanout, n)
+    assert f >= min(n - 1, OWN_PUSH_MAX)
+    assert f <= max(OWN_PUSH_MAX, 2 * eager_fanout(fanout, n))
 
 
 def test_lifeguard_awareness_stretches_timeouts() -> None:

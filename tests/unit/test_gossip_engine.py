@@ -22,7 +22,7 @@ from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
 )
-from meshd.gossip.tuning import GossipTuning, eager_fanout, suspicion_max_s
+from meshd.gossip.tuning import OWN_PUSH_MAX, GossipTuning, eager_fanout, suspicion_max_s
 from meshd.table import VersionClock
 from meshd.wire import MsgType
 from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
@@ -501,6 +501,17 @@ def test_updates_one_merge_brings_are_pushed_together() -> None:
     assert all(len(wire.decode_datagram_prefix(d)[0].body["p"]) == 2 for d in pushed)
 
 
+def test_own_update_goes_at_once_to_64_members_of_a_larger_cluster() -> None:
+    _, members = make_cluster(80)
+    router = Router(members)
+    router.join_all()
+    router.advance(5.0)
+    origin = router.engines[0]
+    origin.datagrams_to_send()
+    origin.set_tags({"role": "db"}, router.now, router.wall_ms)
+    assert len(_gossip_to(router, 0)) == OWN_PUSH_MAX
+
+
 def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     _, members = make_cluster(12)
     router = Router(members)
@@ -517,7 +528,7 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     assert len(receiver.syncs_to_start()) == 1
     own = receiver.table.node(receiver.node_id)
     receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
-    assert len(_gossip_to(router, 0)) == 2 * eager_fanout(receiver.tuning.fanout, 12)
+    assert len(_gossip_to(router, 0)) == 11                 # every other member, at once
     assert receiver.table.node(receiver.node_id).version > own.version
 
 
