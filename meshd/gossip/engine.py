@@ -409,14 +409,16 @@ class Gossip:
                     extra: Member | None = None) -> None:
         """Send fresh updates to `eager_fanout` random members now, not at the next round;
         `wide` (our own records: tags, refutations, leave) to `own_fanout` of them, so the
-        first hop is the widest (up to 64 members, everyone in a smaller cluster).
+        first hop is the widest (everyone, in a cluster of up to `own_push_max` others).
 
         All updates one merge brought travel together, as few datagrams as fit: in a
         join storm a datagram carries several new records, and a push per record would
         multiply every node's datagrams (and their CPU) by that many.
         """
         n = self.alive_count
-        count = own_fanout(self.tuning.fanout, n) if wide else eager_fanout(self.tuning.fanout, n)
+        tuning = self.tuning
+        count = (own_fanout(tuning.fanout, n, tuning.own_push_max) if wide
+                 else eager_fanout(tuning.fanout, n))
         targets = self._random_members(count)
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
@@ -519,7 +521,7 @@ class Gossip:
         member.knows_us = True
         items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         if items:
-            self._on_items(items)
+            self._on_items(items, member.node_id if msg.type == MsgType.GOSSIP else None)
         handler = _HANDLERS.get(msg.type)
         if handler is None:
             raise WireError(f"{msg.type.name} is not a datagram message")
@@ -565,7 +567,8 @@ class Gossip:
             if member.address is not None:
                 self._syncs.append((member.node_id, member.address))
 
-    def _on_items(self, items: list[Any]) -> None:
+    def _on_items(self, items: list[Any], pusher: bytes | None = None) -> None:
+        """Piggybacked records and claims; `pusher` is the sender of a GOSSIP datagram."""
         records = []
         for item in items:
             if not (isinstance(item, list) and len(item) == 2 and item[0] in (ITEM_RECORD, ITEM_CLAIM)):
@@ -578,16 +581,17 @@ class Gossip:
                 except RemoteError as exc:
                     self.stats.dropped[exc.reason] += 1
         if records:
-            self._merge(records, eager=True)
+            self._merge(records, eager=True, pusher=pusher)
 
-    def _merge(self, records: list[Any], eager: bool) -> MergeResult:
+    def _merge(self, records: list[Any], eager: bool, pusher: bytes | None = None) -> MergeResult:
         result = self.table.merge(records, self._wall_ms)
         for reason, count in result.rejected.items():
             self.stats.dropped[reason] += count
-        self._apply_result(result, eager)
+        self._apply_result(result, eager, pusher)
         return result
 
-    def _apply_result(self, result: MergeResult, eager: bool) -> None:
+    def _apply_result(self, result: MergeResult, eager: bool, pusher: bytes | None = None
+                      ) -> None:
         # What push-pull brought is old news to the cluster (anti-entropy repairs, it
         # does not disseminate): re-gossiping a joiner's whole table would cost every
         # node N records times the retransmit limit.
@@ -595,7 +599,11 @@ class Gossip:
         quiet = len(self._broadcasts) < EAGER_QUEUE_LIMIT
         own = any(record.origin == self.node_id for record in news)
         if news and (quiet or own):
-            self._eager_push([self._queue_record(record) for record in news], wide=own)
+            sized = [self._queue_record(record) for record in news]
+            relay = [item for item, record in zip(sized, news, strict=True)
+                     if not self._reached_all(record, pusher)]
+            if relay:
+                self._eager_push(relay, wide=own)
         elif news:
             self._catch_up()
         for change in result.changes:
@@ -603,6 +611,13 @@ class Gossip:
         if result.changes:
             self._changed_at = self._now
             self._event(RecordsMerged(tuple(result.changes)))
+
+    def _reached_all(self, record: Record, pusher: bytes | None) -> bool:
+        """A record its origin pushed to us itself, in a cluster small enough that its
+        origin's push went to every member (`own_fanout`): relaying it at once would only
+        repeat what everyone just got, and in a burst that every node pays for. It still
+        rides our piggybacks, for a member whose copy was lost."""
+        return pusher == record.origin and self.alive_count - 1 <= self.tuning.own_push_max
 
     def _on_change(self, change: Change) -> None:
         new = change.new

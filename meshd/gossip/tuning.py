@@ -34,6 +34,7 @@ class GossipTuning:
     retransmit_mult: int = 4             # piggyback limit = mult * ceil(log10(n + 1)); at 2 a
                                          # refutation under 10% loss missed some nodes (sim test)
     fanout: int = 3                      # eager push and gossip targets per round
+    own_push_max: int = 128              # members our own new record goes to at once
     gossip_interval_s: float = 0.2       # flush piggyback queue to random members
     push_pull_interval_s: float = 20.0   # periodic table-hash check with one random member
     awareness_max: int = 8               # Lifeguard local-health score cap
@@ -78,18 +79,14 @@ def eager_fanout(fanout: int, n: int) -> int:
     return max(fanout, math.ceil(math.log(max(1, n)) + 2))
 
 
-#: The most members a node pushes its own fresh record to at once (see `own_fanout`).
-OWN_PUSH_MAX = 64
-
-
-def own_fanout(fanout: int, n: int) -> int:
+def own_fanout(fanout: int, n: int, cap: int) -> int:
     """Members a node pushes its own fresh record to at once: every other member, up to
-    `OWN_PUSH_MAX`, and never fewer than twice the relay fanout. A node's own updates are
-    rare (tags, a refutation, its leave) and each costs it one datagram per target, while
-    every hop of an epidemic costs a network and scheduling delay: in one hop a refutation
-    ends the suspicions against it and a tag change reaches every watcher. Each receiver
-    still relays it as news, so the members beyond the cap hear it one hop later."""
-    return max(2 * eager_fanout(fanout, n), min(n - 1, OWN_PUSH_MAX))
+    `cap`, and never fewer than twice the relay fanout. A node's own updates are rare
+    (tags, a refutation, its leave) and each costs it one datagram per target, while every
+    hop of an epidemic costs a network and scheduling delay, and every relay a datagram
+    each receiver must handle: in one hop a refutation ends the suspicions against it and
+    a tag change reaches every watcher. Beyond the cap, the members it reached relay it."""
+    return max(2 * eager_fanout(fanout, n), min(n - 1, cap))
 
 
 def suspicion_max_s(mult: float, n: int, interval_s: float) -> float:

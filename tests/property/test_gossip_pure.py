@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from meshd.gossip.auth import WINDOW_BITS, ReplayWindow
 from meshd.gossip.broadcast import BroadcastQueue
 from meshd.gossip.tuning import (
-    OWN_PUSH_MAX, GossipTuning, eager_fanout, own_fanout, remaining_suspicion_s, retransmit_limit,
+    GossipTuning, eager_fanout, own_fanout, remaining_suspicion_s, retransmit_limit,
     scaled_timeout, suspicion_max_s,
 )
 
@@ -57,13 +57,13 @@ def test_eager_fanout_leaves_few_nodes_unreached(n: int, fanout: int) -> None:
 
 
 @small
-@given(st.integers(2, 100_000), st.integers(1, 8))
+@given(st.integers(2, 100_000), st.integers(1, 8), st.integers(0, 1000))
 def test_own_updates_reach_a_small_cluster_in_one_hop_and_cost_a_large_one_a_bounded_burst(
-        n: int, fanout: int) -> None:
-    f = own_fanout(fanout, n)
+        n: int, fanout: int, cap: int) -> None:
+    f = own_fanout(fanout, n, cap)
     assert f >= 2 * eager_fanout(fanout, n)
-    assert f >= min(n - 1, OWN_PUSH_MAX)
-    assert f <= max(OWN_PUSH_MAX, 2 * eager_fanout(fanout, n))
+    assert f >= min(n - 1, cap)
+    assert f <= max(cap, 2 * eager_fanout(fanout, n))
 
 
 def test_lifeguard_awareness_stretches_timeouts() -> None:

@@ -6,6 +6,7 @@ datagrams to the others, at a virtual time the test controls.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import Callable
@@ -22,7 +23,8 @@ from meshd.gossip.events import (
     ALIVE, DEAD, LEFT, SUSPECT, MemberAlive, MemberDied, MemberJoined, MemberLeft, MemberSuspected,
     MemberUpdated,
 )
-from meshd.gossip.tuning import OWN_PUSH_MAX, GossipTuning, eager_fanout, suspicion_max_s
+from meshd.gossip.tuning import GossipTuning, eager_fanout, suspicion_max_s
+from meshd.records import NodeInfo
 from meshd.table import VersionClock
 from meshd.wire import MsgType
 from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
@@ -501,15 +503,43 @@ def test_updates_one_merge_brings_are_pushed_together() -> None:
     assert all(len(wire.decode_datagram_prefix(d)[0].body["p"]) == 2 for d in pushed)
 
 
-def test_own_update_goes_at_once_to_64_members_of_a_larger_cluster() -> None:
-    _, members = make_cluster(80)
-    router = Router(members)
+#: A cap on our own pushes small enough to test with a cluster of 24 (the default is 128).
+CAPPED = dataclasses.replace(GossipTuning.lan(), own_push_max=16)
+
+
+def test_own_update_goes_at_once_to_at_most_own_push_max_members() -> None:
+    _, members = make_cluster(24)
+    router = Router(members, CAPPED)
     router.join_all()
     router.advance(5.0)
     origin = router.engines[0]
     origin.datagrams_to_send()
     origin.set_tags({"role": "db"}, router.now, router.wall_ms)
-    assert len(_gossip_to(router, 0)) == OWN_PUSH_MAX
+    assert len(_gossip_to(router, 0)) == CAPPED.own_push_max
+
+
+@pytest.mark.parametrize("n", [12, 24])
+def test_a_record_its_origin_pushed_to_everyone_is_piggybacked_not_relayed(n: int) -> None:
+    _, members = make_cluster(n)
+    router = Router(members, CAPPED)
+    router.join_all()
+    router.advance(5.0)
+    origin = router.engines[0]
+    origin.set_tags({"role": "db"}, router.now, router.wall_ms)
+    data, addr = next((d, a) for d, a in origin.datagrams_to_send()
+                      if wire.decode_datagram_prefix(d)[0].type == MsgType.GOSSIP)
+    j = router.index[addr]
+    receiver = router.engines[j]
+    receiver.datagrams_to_send()
+    queued = receiver.queued_broadcasts
+    receiver.receive_datagram(data, router.address(0), router.now, router.wall_ms)
+    record = receiver.table.node(origin.node_id)
+    assert record is not None and isinstance(record.info, NodeInfo)
+    assert record.info.tags == {"role": "db"}
+    assert receiver.queued_broadcasts == queued + 1
+    relayed = len(_gossip_to(router, j))
+    # 23 others are more than the origin's push reaches: those it reached relay it on.
+    assert relayed == (0 if n - 1 <= CAPPED.own_push_max else eager_fanout(CAPPED.fanout, n))
 
 
 def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
