@@ -98,10 +98,12 @@ MAX_METRICS_CONNECTIONS = 4
 METRICS_MAX_BODY_BYTES = 1024
 LEAVE_DRAIN_S = 0.5
 LEAVE_POLL_S = 0.01
-# A sync frame this large (about nine node records, a millisecond of signature checks)
-# is verified on a worker thread, off the event loop; a smaller one is not worth the
-# hand-off.
-WARM_OFF_LOOP_BYTES = 4096
+# A sync frame this large (about 160 node records, 25 ms of signature checks) is verified
+# on a worker thread, off the event loop; a smaller one on the loop. The hand-off only
+# pays where a core is idle, and costs everywhere: with every core busy (100 agents
+# joining on 2 cores) a 4 KiB threshold cost 12 % more CPU per agent and join time than
+# none (bench/RESULTS.md, session 14).
+WARM_OFF_LOOP_BYTES = 64 * 1024
 
 # Config override key -> (GossipTuning field, factor to the field's unit).
 TUNING_OVERRIDES: dict[str, tuple[str, float]] = {
@@ -683,9 +685,9 @@ class Agent:
 
     async def _warm(self, session: SyncSession, frame: bytes) -> None:
         """Verify a delta's records before taking the lock that merges them (see
-        `Table.warm`). A large delta is checked on a worker thread: at N=100 a full one
-        is 15-36 ms of CPU the loop would otherwise spend unable to serve anyone, and
-        libsodium releases the GIL, so on a multi-core host the checks run beside it.
+        `Table.warm`). A very large delta is checked on a worker thread: it is tens of ms
+        of CPU the loop would otherwise spend unable to serve anyone, and libsodium
+        releases the GIL, so on a host with an idle core the checks run beside it.
         The session is this coroutine's alone, and `warm` only fills caches that are
         safe to fill from any thread."""
         if len(frame) < WARM_OFF_LOOP_BYTES:
