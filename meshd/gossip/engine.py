@@ -415,10 +415,7 @@ class Gossip:
         join storm a datagram carries several new records, and a push per record would
         multiply every node's datagrams (and their CPU) by that many.
         """
-        n = self.alive_count
-        tuning = self.tuning
-        count = (own_fanout(tuning.fanout, n, tuning.own_push_max) if wide
-                 else eager_fanout(tuning.fanout, n))
+        count = self._own_fanout() if wide else eager_fanout(self.tuning.fanout, self.alive_count)
         targets = self._random_members(count)
         if extra is not None and extra.address is not None and extra not in targets:
             targets.append(extra)
@@ -617,7 +614,10 @@ class Gossip:
         origin's push went to every member (`own_fanout`): relaying it at once would only
         repeat what everyone just got, and in a burst that every node pays for. It still
         rides our piggybacks, for a member whose copy was lost."""
-        return pusher == record.origin and self.alive_count - 1 <= self.tuning.own_push_max
+        return pusher == record.origin and self._own_fanout() >= self.alive_count - 1
+
+    def _own_fanout(self) -> int:
+        return own_fanout(self.tuning.fanout, self.alive_count, self.tuning.own_push_max)
 
     def _on_change(self, change: Change) -> None:
         new = change.new
