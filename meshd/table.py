@@ -52,6 +52,7 @@ REAPED_MEMORY_MS = 24 * 60 * 60 * 1000
 MAX_KEY_CHARS = 255
 HASH_MODULUS = 1 << 256
 ORIGIN_HASH_BYTES = 8
+ORIGIN_HASH_MODULUS = 1 << 8 * ORIGIN_HASH_BYTES
 # A digest entry on the wire: node ID, highest version, origin hash, packed. A list of
 # entries costs the decoder (and its shape check) per item; one `bin` per chunk does not.
 DIGEST_ENTRY = struct.Struct(f">{wire.NODE_ID_BYTES}sQ{ORIGIN_HASH_BYTES}s")
@@ -254,6 +255,52 @@ class VersionClock:
         return self.last
 
 
+class _Origin:
+    """What one table holds of one origin.
+
+    One object per origin, not a dict per origin and five maps keyed by it: a table of N
+    nodes holds N of these, and the simulator holds N tables, so this is most of its
+    memory. The node record sits apart because every origin has exactly one and, in
+    membership-only mode, nothing else.
+    """
+
+    __slots__ = ("node", "others", "max_version", "hash", "cert")
+
+    def __init__(self) -> None:
+        self.node: Record | None = None
+        self.others: dict[Ident, Record] | None = None
+        self.max_version = 0
+        #: The sum of the origin's record hashes, kept to the width digests carry.
+        self.hash = 0
+        self.cert: Certificate | None = None
+
+    def records(self) -> list[Record]:
+        held = [] if self.node is None else [self.node]
+        if self.others:
+            held.extend(self.others.values())
+        return held
+
+    def count(self) -> int:
+        return (self.node is not None) + len(self.others or ())
+
+    def put(self, record: Record) -> None:
+        if record.kind == KIND_NODE:
+            self.node = record
+        elif self.others is None:
+            self.others = {record.ident: record}
+        else:
+            self.others[record.ident] = record
+
+    def discard(self, record: Record) -> None:
+        if record.kind == KIND_NODE:
+            self.node = None
+        elif self.others is not None:
+            self.others.pop(record.ident, None)
+
+    def digest_hash(self) -> bytes:
+        return self.hash.to_bytes(ORIGIN_HASH_BYTES, "big")
+
+
 class Table:
     """One node's copy of the mesh table."""
 
@@ -265,14 +312,12 @@ class Table:
         self.tombstone_grace_ms = tombstone_grace_ms
         self.cache = cache if cache is not None else RecordCache()
         self._records: dict[Ident, Record] = {}
-        self._by_origin: dict[bytes, dict[Ident, Record]] = {}
-        self._max_version: dict[bytes, int] = {}
-        self._certs: dict[bytes, Certificate] = {}
+        # Every origin with a record here, or whose records were all collected: its
+        # highest version stays in digests until the origin itself is dropped.
+        self._origins: dict[bytes, _Origin] = {}
         # Per origin: versions at or below this were reaped or collected; keep them out.
         self._floor: dict[bytes, tuple[int, int]] = {}
         self._hash = 0
-        self._origin_hash: dict[bytes, int] = {}
-        self._origin_digests: dict[bytes, bytes] = {}   # their low bytes, as digests carry them
         self._changes = 0    # counts every record added or removed (see `_add_hash`)
         self._digest_wire: tuple[tuple[int, int], dict[str, Any]] = ((-1, 0), {})
 
@@ -294,18 +339,21 @@ class Table:
         return (r for r in self._records.values() if r.kind == KIND_NODE)
 
     def of_origin(self, origin: bytes) -> list[Record]:
-        return list(self._by_origin.get(origin, {}).values())
+        held = self._origins.get(origin)
+        return [] if held is None else held.records()
 
     def certificate(self, origin: bytes) -> Certificate | None:
-        return self._certs.get(origin)
+        held = self._origins.get(origin)
+        return None if held is None else held.cert
 
     @property
     def table_hash(self) -> bytes:
         return self._hash.to_bytes(32, "big")
 
     def digest(self) -> Digest:
-        versions = {o: v for o, v in self._max_version.items() if o != self.trust.cluster.ca_id}
-        hashes = {o: self._origin_digest(o) for o in versions}
+        ca_id = self.trust.cluster.ca_id
+        versions = {o: held.max_version for o, held in self._origins.items() if o != ca_id}
+        hashes = {o: held.digest_hash() for o, held in self._origins.items() if o != ca_id}
         return Digest(self.table_hash, versions, frozenset(self.trust.revoked), hashes)
 
     def digest_wire(self) -> dict[str, Any]:
@@ -324,15 +372,12 @@ class Table:
         """
         revs = [r for r in self._records.values()
                 if r.kind == KIND_REVOCATION and bytes.fromhex(r.key) not in digest.revocations]
-        differ = [r for origin, held in self._by_origin.items()
+        differ = [r for origin, held in self._origins.items()
                   if origin != self.trust.cluster.ca_id
-                  and digest.origin_hashes.get(origin) != self._origin_digest(origin)
-                  for r in held.values()]
+                  and digest.origin_hashes.get(origin) != held.digest_hash()
+                  for r in held.records()]
         differ.sort(key=lambda r: (r.kind != KIND_NODE, r.origin, r.version))
         return revs + differ
-
-    def _origin_digest(self, origin: bytes) -> bytes:
-        return self._origin_digests.get(origin, NO_ORIGIN_HASH)
 
     # --- writing -------------------------------------------------------------
 
@@ -372,12 +417,12 @@ class Table:
 
     def drop_origin(self, origin: bytes, wall_ms: int) -> list[Change]:
         """Reap everything an origin said (dead or left long enough), and keep it out."""
-        held = self._by_origin.get(origin, {})
-        changes = [self._remove(r) for r in list(held.values())]
-        version = self._max_version.pop(origin, 0)
-        self._certs.pop(origin, None)
-        if version:
-            self._floor[origin] = (version, wall_ms)
+        held = self._origins.get(origin)
+        if held is None:
+            return []
+        changes = [self._remove(r) for r in held.records()]
+        del self._origins[origin]
+        self._floor[origin] = (held.max_version, wall_ms)
         return changes
 
     def collect(self, wall_ms: int) -> list[Change]:
@@ -392,9 +437,10 @@ class Table:
             gone = self._records.get((rev.issuer, KIND_REVOCATION, rev.serial.hex()))
             if gone is not None:
                 changes.append(self._remove(gone))
-        for origin, cert in list(self._certs.items()):
-            if wall_ms - self.trust.skew_ms > cert.not_after_ms:
-                changes.extend(self.drop_origin(origin, wall_ms))
+        expired = [origin for origin, held in self._origins.items()
+                   if held.cert is not None and wall_ms - self.trust.skew_ms > held.cert.not_after_ms]
+        for origin in expired:
+            changes.extend(self.drop_origin(origin, wall_ms))
         for origin, (_, since) in list(self._floor.items()):
             if since + REAPED_MEMORY_MS < wall_ms:
                 del self._floor[origin]
@@ -450,7 +496,8 @@ class Table:
         floor = self._floor.get(record.origin)
         if held is None and floor is not None and record.version <= floor[0]:
             raise StaleError("record older than what this table already reaped")
-        if held is None and len(self._by_origin.get(record.origin, ())) >= self.max_records_per_origin:
+        origin = self._origins.get(record.origin)
+        if held is None and origin is not None and origin.count() >= self.max_records_per_origin:
             raise LimitError(f"origin holds {self.max_records_per_origin} records already")
 
     def _verify_signature(self, record: Record) -> None:
@@ -475,7 +522,7 @@ class Table:
             cert = self.trust.verify_certificate(record.info.cert, wall_ms)
             record.info.check(record.origin, cert)
             return cert
-        held = self._certs.get(record.origin)
+        held = self.certificate(record.origin)
         if held is None:
             raise UnknownOriginError("record from an origin with no node record here")
         if isinstance(record.info, ServiceInfo):
@@ -484,45 +531,38 @@ class Table:
 
     def _apply(self, record: Record, cert: Certificate | None, result: MergeResult,
                wall_ms: int) -> None:
+        held = self._origins.get(record.origin)
+        if held is None:
+            held = self._origins[record.origin] = _Origin()
         old = self._records.get(record.ident)
         if old is not None:
-            self._add_hash(old, -1)
+            self._add_hash(held, old, -1)
         self._records[record.ident] = record
-        self._by_origin.setdefault(record.origin, {})[record.ident] = record
-        self._add_hash(record, 1)
-        self._max_version[record.origin] = max(self._max_version.get(record.origin, 0), record.version)
+        held.put(record)
+        self._add_hash(held, record, 1)
+        held.max_version = max(held.max_version, record.version)
         result.changes.append(Change(old, record))
         if cert is not None:
-            self._certs[record.origin] = cert
+            held.cert = cert
         if isinstance(record.info, Revocation):
             self._apply_revocation(record.info, result, wall_ms)
 
     def _apply_revocation(self, rev: Revocation, result: MergeResult, wall_ms: int) -> None:
         self.trust.add_revocation(rev)
-        cert = self._certs.get(rev.node_id)
+        cert = self.certificate(rev.node_id)
         if cert is not None and cert.serial == rev.serial:
             result.changes.extend(self.drop_origin(rev.node_id, wall_ms))
 
     def _remove(self, record: Record) -> Change:
         del self._records[record.ident]
-        held = self._by_origin.get(record.origin)
-        if held is not None:
-            held.pop(record.ident, None)
-            if not held:
-                del self._by_origin[record.origin]
-        self._add_hash(record, -1)
+        held = self._origins[record.origin]
+        held.discard(record)
+        self._add_hash(held, record, -1)
         return Change(record, None)
 
-    def _add_hash(self, record: Record, sign: int) -> None:
+    def _add_hash(self, held: _Origin, record: Record, sign: int) -> None:
         """Every record added or removed passes here: the table hash and counts follow."""
         self._changes += 1
         entry = sign * record.entry_hash()
         self._hash = (self._hash + entry) % HASH_MODULUS
-        origin_hash = (self._origin_hash.get(record.origin, 0) + entry) % HASH_MODULUS
-        if origin_hash or record.origin in self._by_origin:
-            self._origin_hash[record.origin] = origin_hash
-            self._origin_digests[record.origin] = (
-                origin_hash % (1 << 8 * ORIGIN_HASH_BYTES)).to_bytes(ORIGIN_HASH_BYTES, "big")
-        else:
-            self._origin_hash.pop(record.origin, None)
-            self._origin_digests.pop(record.origin, None)
+        held.hash = (held.hash + entry) % ORIGIN_HASH_MODULUS
