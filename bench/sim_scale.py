@@ -184,11 +184,13 @@ def render(sizes: tuple[int, ...], results: dict[int, Result], skipped: dict[int
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n in sizes:
-        r = results.get(n)
-        ours = (f"{fmt_s(r.update_999_s)} | {fmt_s(r.update_all_s)}" if r else "skipped | skipped")
+        got = results.get(n)
+        ours = (f"{fmt_s(got.update_999_s)} | {fmt_s(got.update_all_s)}" if got
+                else "skipped | skipped")
         lines.append(
             f"| {n:,} | {fmt_s(serf_seconds_to(n, 0.999))} | {fmt_s(serf_seconds_to(n, 0.9999))} | "
-            f"{ours} | {serf_max_bytes_per_s():,.0f} | {f'{r.idle_bytes:,.0f}' if r else 'skipped'} |")
+            f"{ours} | {serf_max_bytes_per_s():,.0f} | "
+            f"{f'{got.idle_bytes:,.0f}' if got else 'skipped'} |")
     lines += [
         "",
         (f"Serf columns: the model of {SERF_SOURCE}, with its defaults gossip interval "

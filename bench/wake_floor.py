@@ -152,10 +152,11 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 def run(window_s: float) -> list[Row]:
     rows = []
     lifetime = f"{window_s + 2 * SETTLE_S + 5:g}"
-    cases = [("Python, poll(2) timeout 333 ms, no I/O", [("sleep", lifetime)]),
-             ("Python, UDP probe + ack, 1 probe/s each way",
-              [("udp", str(PORTS[0]), str(PORTS[1]), lifetime),
-               ("udp", str(PORTS[1]), str(PORTS[0]), lifetime)])]
+    cases: list[tuple[str, list[tuple[str, ...]]]] = [
+        ("Python, poll(2) timeout 333 ms, no I/O", [("sleep", lifetime)]),
+        ("Python, UDP probe + ack, 1 probe/s each way",
+         [("udp", str(PORTS[0]), str(PORTS[1]), lifetime),
+          ("udp", str(PORTS[1]), str(PORTS[0]), lifetime)])]
     for what, children in cases:
         procs = [spawn_child(*child) for child in children]
         try:
