@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import msgpack
 
@@ -71,6 +71,10 @@ class MsgType(enum.IntEnum):
     SYNC_HASH = 8
     SYNC_DIGEST = 9
     SYNC_DELTA = 10
+
+
+#: Every datagram's type is looked up here: `MsgType(n)` runs two Python-level enum calls.
+_MSG_TYPES: dict[int, MsgType] = {int(kind): kind for kind in MsgType}
 
 
 def pack(obj: Any) -> bytes:
@@ -131,13 +135,15 @@ def _check_shape(obj: Any, depth: int) -> None:
     if depth <= 0:
         raise TooLargeError(f"nesting deeper than {MAX_DEPTH}")
     if isinstance(obj, list):
-        for item in obj:
-            _check_shape(item, depth - 1)
+        values: Iterable[Any] = obj
     elif isinstance(obj, dict):
-        for value in obj.values():
-            _check_shape(value, depth - 1)
+        values = obj.values()
     else:
         raise WireError(f"unsupported value type {type(obj).__name__}")
+    for value in values:
+        # Scalars checked here, not by a call each: a probe is a list and a map of them.
+        if not isinstance(value, _SCALARS):
+            _check_shape(value, depth - 1)
 
 
 class Fields:
@@ -293,9 +299,7 @@ def _header(version: Any, msg_type: Any) -> MsgType:
         raise WireError("envelope: version must be an integer")
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersionError(f"protocol version {version}, this build speaks {PROTOCOL_VERSION}")
-    try:
-        if type(msg_type) is not int:  # not a bool, not a float equal to a type
-            raise ValueError(msg_type)
-        return MsgType(msg_type)
-    except ValueError:
-        raise WireError(f"envelope: unknown message type {msg_type!r}") from None
+    kind = _MSG_TYPES.get(msg_type) if type(msg_type) is int else None  # not a bool, not a float
+    if kind is None:
+        raise WireError(f"envelope: unknown message type {msg_type!r}")
+    return kind

@@ -262,17 +262,25 @@ class Gossip:
         return out
 
     def next_deadline(self) -> float:
-        """When `handle_timer` next has work; `math.inf` when never (a node that left)."""
-        deadlines = [p.deadline for p in self._probes.values()]
-        deadlines.extend(m.suspicion.deadline for m in self._suspected() if m.suspicion)
+        """When `handle_timer` next has work; `math.inf` when never (a node that left).
+
+        The shell asks after every wake-up, so it builds nothing: on an idle node the
+        probe and suspicion maps are empty and this is a few comparisons."""
         if self.left:   # only pending probes and suspicions still run out (see handle_timer)
-            return min(deadlines, default=math.inf)
-        deadlines += [self._probe_at, self._push_pull_at, self._collect_at]
-        if len(self._broadcasts):   # an idle node wakes for probes only
-            deadlines.append(self._gossip_at)
-        if self._join_at is not None:
-            deadlines.append(self._join_at)
-        return min(deadlines)
+            deadline = math.inf
+        else:
+            deadline = min(self._probe_at, self._push_pull_at, self._collect_at)
+            if self._broadcasts:   # an idle node wakes for probes only
+                deadline = min(deadline, self._gossip_at)
+            if self._join_at is not None:
+                deadline = min(deadline, self._join_at)
+        for probe in self._probes.values():
+            deadline = min(deadline, probe.deadline)
+        if self._suspects:
+            for member in self._suspected():
+                if member.suspicion:
+                    deadline = min(deadline, member.suspicion.deadline)
+        return deadline
 
     def handle_timer(self, now: float, wall_ms: int) -> None:
         """Do whatever is due: probes, probe timeouts, suspicions, gossip, syncs, collection."""
@@ -284,10 +292,8 @@ class Gossip:
         for number, probe in list(self._probes.items()):
             if probe.deadline <= now:
                 self._probe_expired(number, probe)
-        for member in self._suspected():
-            if member.suspicion and member.suspicion.deadline <= now:
-                self._declare_dead(member)
-        self._suspects = {m.node_id: None for m in self._suspected() if m.suspicion}
+        if self._suspects:
+            self._end_suspicions(now)
         if self.left:
             return
         self._probe_if_due()
@@ -304,6 +310,13 @@ class Gossip:
         if self._collect_at <= now:
             self._collect()
             self._collect_at = now + 60.0
+
+    def _end_suspicions(self, now: float) -> None:
+        """Declare dead whoever's suspicion ran out, and prune the ended ones."""
+        for member in self._suspected():
+            if member.suspicion and member.suspicion.deadline <= now:
+                self._declare_dead(member)
+        self._suspects = {m.node_id: None for m in self._suspected() if m.suspicion}
 
     def receive_datagram(self, data: bytes, addr: Address, now: float, wall_ms: int) -> None:
         """Handle one datagram; hostile input is counted in `stats.dropped`, never raised."""
@@ -456,8 +469,9 @@ class Gossip:
         body = dict(body, s=self.auth.next_seq(member.node_id))
         if items is None:
             items, room = self._introduction(member, msg_type)
-            limit = retransmit_limit(self.tuning.retransmit_mult, self.alive_count)
-            items += self._broadcasts.take(room, limit)[:MAX_ITEMS_PER_DATAGRAM - len(items)]
+            if self._broadcasts:   # idle, a probe carries nothing: skip the queue's sort
+                limit = retransmit_limit(self.tuning.retransmit_mult, self.alive_count)
+                items += self._broadcasts.take(room, limit)[:MAX_ITEMS_PER_DATAGRAM - len(items)]
         if items:
             body["p"] = items
         data = self.auth.seal(member.node_id, wire.encode_datagram(msg_type, body))
@@ -468,9 +482,11 @@ class Gossip:
         still settling (and the room left): it may not know us yet, and would drop a
         probe it cannot authenticate. Once our table has been quiet a while, every
         member holds our record: the first probe of each pair pays nothing then."""
-        record = self.table.node(self.node_id)
         if (member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ)
-                or record is None or not self._unsettled()):
+                or not self._unsettled()):
+            return [], PIGGYBACK_BUDGET
+        record = self.table.node(self.node_id)
+        if record is None:
             return [], PIGGYBACK_BUDGET
         item, size = _record_item(record)
         return [item], PIGGYBACK_BUDGET - size
@@ -513,7 +529,7 @@ class Gossip:
             if member is None:
                 return
         self.auth.open(member.node_id, data)
-        f = Fields(msg.body, msg.type.name.lower())
+        f = Fields(msg.body, _WHAT[msg.type])
         self.auth.accept_seq(member.node_id, f.int("s"))
         member.knows_us = True
         items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
@@ -538,7 +554,7 @@ class Gossip:
         probes are answered instead of ending in a false suspicion.
         """
         self._hellos.rate_limit(addr[0], self._now)
-        items = Fields(msg.body, msg.type.name.lower()).list(
+        items = Fields(msg.body, _WHAT[msg.type]).list(
             "p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         records = [item[1] for item in items or ()
                    if isinstance(item, list) and len(item) == 2 and item[0] == ITEM_RECORD]
@@ -1032,6 +1048,10 @@ def _reachable(member: Member) -> bool:
 class _UnknownSender(RemoteError):
     reason = "unknown_sender"
 
+
+#: Each message type's name in error messages, made once: an enum's `.name` is a
+#: Python-level property, and every datagram names its type to `Fields`.
+_WHAT: dict[MsgType, str] = {kind: kind.name.lower() for kind in MsgType}
 
 _HANDLERS: dict[MsgType, Callable[[Gossip, Member, Fields, Address], None]] = {
     MsgType.PING: Gossip._on_ping,
