@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import pytest
 
@@ -20,7 +20,10 @@ class CliResult:
     err: str
 
 
-Run = Callable[..., CliResult]
+class Run(Protocol):
+    """The `meshd` fixture's type, for the tests that take it."""
+
+    def __call__(self, *args: str | Path) -> CliResult: ...
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import nacl.signing
 from meshd import identity, wire
 from meshd.identity import Certificate, Cluster, Revocation, Trust
 from meshd.records import KIND_NODE, KIND_SERVICE, NODE_KEY, NodeInfo, ServiceInfo
-from meshd.table import RECORD_TAG, RecordCache, Table
+from meshd.table import RECORD_TAG, Record, RecordCache, Table
 from meshd.wire import Domain
 
 WALL_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -161,7 +161,14 @@ def make_cluster(n: int, label: str = "ca") -> tuple[CA, list[Member]]:
     return ca, [make_member(ca, i) for i in range(n)]
 
 
-# --- comparing tables --------------------------------------------------------------------
+# --- reading and comparing tables --------------------------------------------------------
+
+
+def node_of(table: Table, origin: bytes) -> Record:
+    """`table.node(origin)` where the test knows the node is held: fails the test if not."""
+    record = table.node(origin)
+    assert record is not None, f"the table holds no node record of {origin.hex()}"
+    return record
 
 
 def contents(table: Table) -> dict[tuple[bytes, str, str], tuple[int, bytes, bytes]]:

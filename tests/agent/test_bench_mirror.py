@@ -8,16 +8,23 @@ has gone rather than keep answering with a frozen list.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import meshd
-from bench.peers.common import AgentError, Status
-from bench.peers.meshd_mirror import Mirror
 from meshd.client import Client
 from tests.agent.cluster import Cluster
+
+# Import the benchmark's modules the way the benchmark scripts do (`bench/` on the path,
+# package `peers`), not as `bench.peers`: one file under two module names is an error to
+# mypy, which checks `bench` and `tests` in one run.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from peers.common import AgentError, Status  # noqa: E402
+from peers.meshd_mirror import Mirror  # noqa: E402
 
 IPS = ["127.0.0.94", "127.0.0.95"]
 WAIT_S = 20.0
@@ -50,7 +57,8 @@ async def test_the_mirror_follows_joins_tags_and_leaves_then_reports_its_agent_g
                 assert joined.status is Status.ALIVE and joined.since is not None
                 await b.set_tags({"role": "db"})
                 await until(lambda: mirror.view()["n2"].tags == {"role": "db"}, "n2's tag")
-                assert mirror.view()["n2"].since >= joined.since
+                tagged = mirror.view()["n2"]
+                assert tagged.since is not None and tagged.since >= joined.since
             await until(lambda: mirror.view()["n2"].status is Status.LEFT, "n2 left")
             await a.set_tags({"zone": "a"})   # no event about itself: a resync shows it
             await mirror.resync()

@@ -34,9 +34,12 @@ IPS = [f"127.0.0.{100 + i}" for i in range(1, N + 3)]  # two more for embedded n
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embed.py"
 EMBED_S = 10.0
 
+#: The module's cluster and its ten agents' files, n1 (the seed) first.
+Ten = tuple[Cluster, list[NodeFiles]]
+
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, list[NodeFiles]]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ten]:
     root = tmp_path_factory.mktemp("ten")
     cluster = Cluster(root, IPS)
     metrics_port = cluster.port
@@ -69,7 +72,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
-def test_ten_agents_join_through_one_seed_and_all_list_ten_alive(cluster) -> None:
+def test_ten_agents_join_through_one_seed_and_all_list_ten_alive(cluster: Ten) -> None:
     c, nodes = cluster
     names = {n.name for n in nodes}
     wait_for("every agent to list 10 alive", lambda: all(
@@ -86,7 +89,7 @@ def test_ten_agents_join_through_one_seed_and_all_list_ten_alive(cluster) -> Non
         assert own["addresses"] == [node.gossip]
 
 
-def test_human_members_table_lists_everyone(cluster) -> None:
+def test_human_members_table_lists_everyone(cluster: Ten) -> None:
     _, nodes = cluster
     result = meshd("members", "--socket", nodes[0].socket)
     assert result.returncode == 0, result.stderr
@@ -95,7 +98,7 @@ def test_human_members_table_lists_everyone(cluster) -> None:
     assert len(lines) == N + 1
 
 
-def test_tags_set_on_one_shows_up_at_all(cluster) -> None:
+def test_tags_set_on_one_shows_up_at_all(cluster: Ten) -> None:
     c, nodes = cluster
     result = meshd("tags", "set", "role=db", "zone=a", "--socket", nodes[1].socket)
     assert result.returncode == 0, result.stderr
@@ -108,7 +111,7 @@ def test_tags_set_on_one_shows_up_at_all(cluster) -> None:
         members(n).get("n2", {}).get("tags") == {"role": "db"} for n in nodes))
 
 
-def test_watch_prints_one_json_line_per_event(cluster) -> None:
+def test_watch_prints_one_json_line_per_event(cluster: Ten) -> None:
     _, nodes = cluster
     watch = subprocess.Popen([*MESHD, "watch", "--json", "--socket", str(nodes[0].socket)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -124,7 +127,7 @@ def test_watch_prints_one_json_line_per_event(cluster) -> None:
         stop(watch)
 
 
-def test_status_and_metrics_report_the_cluster(cluster) -> None:
+def test_status_and_metrics_report_the_cluster(cluster: Ten) -> None:
     c, nodes = cluster
     status = json.loads(meshd("status", "--json", "--socket", nodes[0].socket).stdout)
     assert status["name"] == "n1" and status["members"]["alive"] == N
@@ -135,7 +138,7 @@ def test_status_and_metrics_report_the_cluster(cluster) -> None:
     assert "# TYPE meshd_dropped_total counter" in text
 
 
-def test_curl_speaks_to_the_control_socket(cluster) -> None:
+def test_curl_speaks_to_the_control_socket(cluster: Ten) -> None:
     _, nodes = cluster
     sock = str(nodes[0].socket)
     ok = subprocess.run(["curl", "-sf", "--unix-socket", sock, "http://meshd/v1/members"],
@@ -169,7 +172,7 @@ BLOCKER = textwrap.dedent("""\
 """)
 
 
-def test_embedded_node_blocking_its_loop_is_not_declared_dead(cluster, tmp_path: Path) -> None:
+def test_embedded_node_blocking_its_loop_is_not_declared_dead(cluster: Ten, tmp_path: Path) -> None:
     c, nodes = cluster
     others = live(c, nodes)
     embedded = c.node(N + 1, seeds=[nodes[0]])
@@ -193,6 +196,7 @@ def test_embedded_node_blocking_its_loop_is_not_declared_dead(cluster, tmp_path:
         assert seen == {"alive"}
         assert lines.next(30) == "unblocked"
         host.wait(timeout=30)
+        assert host.stderr is not None   # stderr=PIPE
         err = host.stderr.read()
         assert host.returncode == 0, err
         assert "Traceback" not in err
@@ -202,7 +206,7 @@ def test_embedded_node_blocking_its_loop_is_not_declared_dead(cluster, tmp_path:
         stop(host)
 
 
-def test_the_embedding_example_prints_events_and_leaves_on_sigterm(cluster) -> None:
+def test_the_embedding_example_prints_events_and_leaves_on_sigterm(cluster: Ten) -> None:
     c, nodes = cluster
     node = c.node(N + 2, seeds=[nodes[0]])
     example = subprocess.Popen([sys.executable, str(EXAMPLE), "--config", str(node.config),
@@ -217,6 +221,7 @@ def test_the_embedding_example_prints_events_and_leaves_on_sigterm(cluster) -> N
             for n in live(c, nodes)))
         example.send_signal(signal.SIGTERM)
         example.wait(timeout=30)
+        assert example.stderr is not None   # stderr=PIPE
         err = example.stderr.read()
         assert example.returncode == 0, err
         assert lines.rest()[-1] == "left the cluster" and "Traceback" not in err
@@ -224,7 +229,7 @@ def test_the_embedding_example_prints_events_and_leaves_on_sigterm(cluster) -> N
         stop(example)
 
 
-def test_kill_9_is_seen_as_dead_by_all(cluster) -> None:
+def test_kill_9_is_seen_as_dead_by_all(cluster: Ten) -> None:
     c, nodes = cluster
     victim = nodes[-1]
     c.signal(victim, signal.SIGKILL)
@@ -233,7 +238,7 @@ def test_kill_9_is_seen_as_dead_by_all(cluster) -> None:
         states(n).get(victim.name) == "dead" for n in survivors))
 
 
-def test_sigterm_leaves_gracefully_and_is_seen_as_left_by_all(cluster) -> None:
+def test_sigterm_leaves_gracefully_and_is_seen_as_left_by_all(cluster: Ten) -> None:
     c, nodes = cluster
     leaver = nodes[-2]
     c.signal(leaver, signal.SIGTERM)

@@ -31,7 +31,8 @@ def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) ->
     ["members"], ["members", "--json"], ["status"], ["watch"], ["tags", "set", "a=b"],
     ["tags", "unset", "a"], ["join", "127.0.0.1:7946"],
 ])
-def test_client_commands_fail_in_one_line_when_no_agent_runs(command, tmp_path: Path) -> None:
+def test_client_commands_fail_in_one_line_when_no_agent_runs(command: list[str],
+                                                            tmp_path: Path) -> None:
     result = meshd(*command, "--socket", tmp_path / "none.sock")
     one_error_line(result, "no agent is listening")
     assert result.returncode == 1
@@ -58,7 +59,7 @@ def test_a_socket_nobody_answers_on_times_out(tmp_path: Path) -> None:
     (["tags"], "invalid choice"),
     (["members", "--bogus"], "unrecognized"),
 ])
-def test_wrong_input_is_a_usage_error(args, fragment, tmp_path: Path) -> None:
+def test_wrong_input_is_a_usage_error(args: list[str], fragment: str, tmp_path: Path) -> None:
     result = meshd(*args, "--socket", tmp_path / "none.sock")
     one_error_line(result, fragment)
     assert result.returncode == 2

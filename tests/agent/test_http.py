@@ -42,9 +42,15 @@ class FakeAgent:
         self.seeds = list(seeds)
 
 
+#: What `served` yields: the control socket's path, the agent behind it, and the errors
+#: the listener reported.
+Served = tuple[Path, FakeAgent, list[BaseException]]
+
+
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Path, FakeAgent, list[BaseException]]]:
-    agent, errors = FakeAgent(), []
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    agent = FakeAgent()
+    errors: list[BaseException] = []
     handler = control.Control(agent).handle
 
     async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -82,7 +88,7 @@ def error_code(body: bytes) -> str:
     return json.loads(body)["error"]["code"]
 
 
-async def test_routes_answer_json(served) -> None:
+async def test_routes_answer_json(served: Served) -> None:
     path, agent, _ = served
     status, headers, body = await raw(path, request("GET", "/v1/members"))
     assert status == 200 and headers["content-type"] == "application/json"
@@ -105,13 +111,14 @@ async def test_routes_answer_json(served) -> None:
     (b"GET /v1/members HTTP/1.1\r\nHost: m\r\nX: " + b"y" * 4 * serve.MAX_HEAD_BYTES + b"\r\n\r\n",
      431, "bad_request"),
 ])
-async def test_bad_requests_get_an_error_object_and_status(served, data, status, code) -> None:
+async def test_bad_requests_get_an_error_object_and_status(served: Served, data: bytes, status: int,
+                                                           code: str) -> None:
     got_status, headers, body = await raw(served[0], data)
     assert (got_status, error_code(body)) == (status, code)
     assert headers["content-type"] == "application/json"
 
 
-async def test_watch_streams_json_lines(served) -> None:
+async def test_watch_streams_json_lines(served: Served) -> None:
     path, agent, _ = served
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(request("GET", "/v1/watch"))
@@ -125,7 +132,7 @@ async def test_watch_streams_json_lines(served) -> None:
     writer.close()
 
 
-async def test_a_departed_watcher_frees_its_slot_without_any_event(served) -> None:
+async def test_a_departed_watcher_frees_its_slot_without_any_event(served: Served) -> None:
     """The server notices a watch client leave at once (not at its next event or a
     timer): both slots held by watches are free again for a plain request."""
     path = served[0]
@@ -146,7 +153,7 @@ async def test_a_departed_watcher_frees_its_slot_without_any_event(served) -> No
     raise AssertionError("departed watchers kept their slots")
 
 
-async def test_connections_beyond_the_limit_are_refused(served) -> None:
+async def test_connections_beyond_the_limit_are_refused(served: Served) -> None:
     path = served[0]
     idle = [await asyncio.open_unix_connection(str(path)) for _ in range(2)]
     await asyncio.sleep(0.05)

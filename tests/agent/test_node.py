@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,15 +26,19 @@ CYCLES = 50
 # On the `local` profile an update is piggybacked 4 times, one gossip round (0.1 s) apart.
 RETRANSMITS_DONE_S = 2.0
 
+#: Two nodes' files: n1, and n2 with n1 as its seed.
+Pair = tuple[NodeFiles, NodeFiles]
+E = TypeVar("E", bound=meshd.MemberEvent)
+
 
 @pytest.fixture
-def pair(tmp_path: Path) -> tuple[NodeFiles, NodeFiles]:
+def pair(tmp_path: Path) -> Pair:
     cluster = Cluster(tmp_path, IPS)
     first = cluster.node(1)
     return first, cluster.node(2, seeds=[first])
 
 
-async def next_of(events: meshd.events.Subscription, kind: type, name: str) -> meshd.MemberEvent:
+async def next_of(events: meshd.events.Subscription, kind: type[E], name: str) -> E:
     """The next event of `kind` about member `name` (others are skipped), bounded in time."""
     async with asyncio.timeout(EVENT_WAIT_S):
         async for event in events:
@@ -47,7 +52,8 @@ def member(node: meshd.Node, name: str) -> meshd.Member:
 
 
 @pytest.mark.parametrize("own_thread", [True, False], ids=["own-thread", "host-loop"])
-async def test_events_follow_a_peer_joining_tagging_and_leaving(pair, own_thread: bool) -> None:
+async def test_events_follow_a_peer_joining_tagging_and_leaving(pair: Pair,
+                                                                 own_thread: bool) -> None:
     first, second = (meshd.load_config(n.config) for n in pair)
     async with meshd.Node(first, own_thread=own_thread) as a:
         events = a.events()
@@ -69,7 +75,7 @@ async def test_events_follow_a_peer_joining_tagging_and_leaving(pair, own_thread
         assert status["members"]["left"] == 1
 
 
-async def test_a_cancelled_host_task_still_leaves_gracefully(pair) -> None:
+async def test_a_cancelled_host_task_still_leaves_gracefully(pair: Pair) -> None:
     first, second = (meshd.load_config(n.config) for n in pair)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     async with meshd.Node(first) as a:
@@ -91,7 +97,7 @@ async def test_a_cancelled_host_task_still_leaves_gracefully(pair) -> None:
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
-async def test_tags_and_versions_survive_a_restart(pair) -> None:
+async def test_tags_and_versions_survive_a_restart(pair: Pair) -> None:
     config = meshd.load_config(pair[0].config)
     async with meshd.Node(config) as node:
         await node.set_tags({"zone": "a", "tmp": "x"}, unset=["nothing"])
@@ -105,7 +111,7 @@ async def test_tags_and_versions_survive_a_restart(pair) -> None:
         assert dict(own.tags) == {"zone": "a"} and own.incarnation > saved["version"]
 
 
-async def test_an_embedded_node_may_serve_its_control_socket(pair) -> None:
+async def test_an_embedded_node_may_serve_its_control_socket(pair: Pair) -> None:
     config = meshd.load_config(pair[0].config)
     async with meshd.Node(config, control_socket=True) as node:
         client = Client(config.control_socket)
@@ -117,7 +123,8 @@ async def test_an_embedded_node_may_serve_its_control_socket(pair) -> None:
     assert not config.control_socket.exists()
 
 
-async def test_a_large_sync_delta_is_verified_off_the_event_loop(tmp_path: Path, monkeypatch) -> None:
+async def test_a_large_sync_delta_is_verified_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """n3 joins through n1 once n2's record is no longer piggybacked, so it gets that
     record in a push-pull's delta; with the size floor at zero, the delta's checks must
     run where no event loop is running."""
@@ -157,7 +164,7 @@ async def test_a_subnet_outside_the_certificate_fails_at_start(tmp_path: Path) -
             pass
 
 
-async def test_bad_tags_are_refused_locally(pair) -> None:
+async def test_bad_tags_are_refused_locally(pair: Pair) -> None:
     async with meshd.Node(meshd.load_config(pair[0].config)) as node:
         with pytest.raises(meshd.UsageError):
             await node.set_tags({"": "x"})
@@ -208,7 +215,8 @@ CYCLER = textwrap.dedent("""\
 """)
 
 
-def test_fifty_start_stop_cycles_with_pending_readers_exit_cleanly(pair, tmp_path: Path) -> None:
+def test_fifty_start_stop_cycles_with_pending_readers_exit_cleanly(pair: Pair,
+                                                                   tmp_path: Path) -> None:
     script = tmp_path / "cycles.py"
     script.write_text(CYCLER)
     result = subprocess.run([sys.executable, "-X", "dev", str(script), str(pair[0].config),

@@ -14,13 +14,14 @@ import pytest
 
 from meshd import cli, identity, keyfiles
 from meshd.errors import RevokedError, UsageError
+from tests.conftest import Run
 
 MESHD = Path(sys.executable).parent / "meshd"
 DAY_MS = 86_400_000
 
 
 @pytest.fixture
-def ca_dir(meshd, tmp_path: Path) -> Path:
+def ca_dir(meshd: Run, tmp_path: Path) -> Path:
     folder = tmp_path / "ca"
     result = meshd("ca", "init", "--dir", folder, "--mesh-prefix", "fd12:3456:789a::/48",
                    "--service-range", "10.97.0.0/16", "--dataplane", "encap")
@@ -29,14 +30,14 @@ def ca_dir(meshd, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def node_dir(meshd, tmp_path: Path) -> Path:
+def node_dir(meshd: Run, tmp_path: Path) -> Path:
     folder = tmp_path / "h1"
     assert meshd("keygen", "--dir", folder).code == 0
     return folder
 
 
 @pytest.fixture
-def cert_path(meshd, ca_dir: Path, node_dir: Path) -> Path:
+def cert_path(meshd: Run, ca_dir: Path, node_dir: Path) -> Path:
     out = node_dir / "node.cert"
     result = meshd("ca", "sign", "--dir", ca_dir, "--node-pub", node_dir / "node.pub",
                    "--name", "h1", "--vpc", "blue=10.20.0.0/16", "--vpc", "blue=10.21.0.0/16",
@@ -63,7 +64,7 @@ def test_ca_init_writes_key_0600_and_signed_cluster(ca_dir: Path) -> None:
     assert cluster.dataplane == "encap"
 
 
-def test_ca_init_default_mesh_prefix_is_a_random_ula_48(meshd, tmp_path: Path) -> None:
+def test_ca_init_default_mesh_prefix_is_a_random_ula_48(meshd: Run, tmp_path: Path) -> None:
     prefixes = []
     for name in ("a", "b"):
         assert meshd("ca", "init", "--dir", tmp_path / name).code == 0
@@ -80,7 +81,7 @@ def test_random_ula_prefix_is_fd_then_the_40_given_bits() -> None:
     assert cli.random_ula_prefix(bytes([1, 2, 3, 4, 5])) == ipaddress.IPv6Network("fd01:203:405::/48")
 
 
-def test_ca_init_refuses_to_overwrite_without_force(meshd, ca_dir: Path) -> None:
+def test_ca_init_refuses_to_overwrite_without_force(meshd: Run, ca_dir: Path) -> None:
     before = (ca_dir / "ca.key").read_bytes()
     result = meshd("ca", "init", "--dir", ca_dir)
     assert result.code == 1 and "already exists" in result.err
@@ -99,7 +100,8 @@ def test_signed_cert_verifies_with_trust(ca_dir: Path, node_dir: Path, cert_path
     assert stat.S_IMODE(cert_path.stat().st_mode) == 0o644
 
 
-def test_sign_validity_starts_skew_early_and_lasts_days(meshd, ca_dir: Path, node_dir: Path) -> None:
+def test_sign_validity_starts_skew_early_and_lasts_days(meshd: Run, ca_dir: Path,
+                                                        node_dir: Path) -> None:
     out = node_dir / "short.cert"
     start = now_ms()
     result = meshd("ca", "sign", "--dir", ca_dir, "--node-pub", node_dir / "node.pub",
@@ -123,7 +125,7 @@ def test_sign_rejects_overlapping_subnets_within_one_vpc() -> None:
     assert [str(n) for n in grants["blue"]] == ["10.20.0.0/16", "fd00::/64"]
 
 
-def test_revocation_names_the_cert_serial_and_revokes_it(meshd, ca_dir: Path,
+def test_revocation_names_the_cert_serial_and_revokes_it(meshd: Run, ca_dir: Path,
                                                          cert_path: Path) -> None:
     out = ca_dir / "h1.revocation"
     assert meshd("ca", "revoke", "--dir", ca_dir, "--cert", cert_path, "--out", out).code == 0
@@ -137,7 +139,7 @@ def test_revocation_names_the_cert_serial_and_revokes_it(meshd, ca_dir: Path,
         checker.verify_certificate(cert.signed, now_ms())
 
 
-def test_revoke_refuses_a_cert_of_another_ca(meshd, tmp_path: Path, cert_path: Path) -> None:
+def test_revoke_refuses_a_cert_of_another_ca(meshd: Run, tmp_path: Path, cert_path: Path) -> None:
     meshd("ca", "init", "--dir", tmp_path / "other")
     result = meshd("ca", "revoke", "--dir", tmp_path / "other", "--cert", cert_path,
                    "--out", tmp_path / "r")
@@ -145,13 +147,13 @@ def test_revoke_refuses_a_cert_of_another_ca(meshd, tmp_path: Path, cert_path: P
     assert not (tmp_path / "r").exists()
 
 
-def show_json(meshd, path: Path) -> dict:
+def show_json(meshd: Run, path: Path) -> dict:
     result = meshd("ca", "show", path, "--json")
     assert result.code == 0, result.err
     return json.loads(result.out)
 
 
-def test_show_certificate(meshd, ca_dir: Path, node_dir: Path, cert_path: Path) -> None:
+def test_show_certificate(meshd: Run, ca_dir: Path, node_dir: Path, cert_path: Path) -> None:
     cert = keyfiles.load_certificate(cert_path)
     shown = show_json(meshd, cert_path)
     assert shown == {
@@ -166,7 +168,7 @@ def test_show_certificate(meshd, ca_dir: Path, node_dir: Path, cert_path: Path) 
     assert "name:" in human and cert.serial.hex() in human and "blue=10.20.0.0/16" in human
 
 
-def test_show_every_kind_of_file(meshd, ca_dir: Path, node_dir: Path, cert_path: Path) -> None:
+def test_show_every_kind_of_file(meshd: Run, ca_dir: Path, node_dir: Path, cert_path: Path) -> None:
     revocation = ca_dir / "r"
     meshd("ca", "revoke", "--dir", ca_dir, "--cert", cert_path, "--out", revocation)
     node_id = identity.b64(keyfiles.load_node_pub(node_dir / "node.pub"))
@@ -182,7 +184,7 @@ def test_show_every_kind_of_file(meshd, ca_dir: Path, node_dir: Path, cert_path:
                                                 keyfiles.load_certificate(cert_path).serial.hex())
 
 
-def test_show_never_prints_a_secret(meshd, ca_dir: Path, node_dir: Path) -> None:
+def test_show_never_prints_a_secret(meshd: Run, ca_dir: Path, node_dir: Path) -> None:
     for path in (node_dir / "node.key", ca_dir / "ca.key"):
         secret = bytes(keyfiles.load_node_key(path) if path.name == "node.key"
                        else keyfiles.load_ca_key(path))
@@ -215,7 +217,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("extra, code, fragment", BAD_INPUTS)
-def test_sign_bad_input_is_one_line_error(meshd, ca_dir: Path, node_dir: Path, cert_path: Path,
+def test_sign_bad_input_is_one_line_error(meshd: Run, ca_dir: Path, node_dir: Path, cert_path: Path,
                                           extra: list[str], code: int, fragment: str) -> None:
     out = node_dir / "new.cert"
     args = [arg.format(h1=node_dir) for arg in extra]
@@ -235,7 +237,7 @@ def test_sign_bad_input_is_one_line_error(meshd, ca_dir: Path, node_dir: Path, c
     (["--service-range", "fd00::/16"], 2, "must be IPv4"),
     (["--dataplane", "vxlan"], 2, "invalid choice: 'vxlan'"),
 ])
-def test_ca_init_bad_input_is_one_line_error_and_writes_nothing(meshd, tmp_path: Path,
+def test_ca_init_bad_input_is_one_line_error_and_writes_nothing(meshd: Run, tmp_path: Path,
                                                                 args: list[str], code: int,
                                                                 fragment: str) -> None:
     result = meshd("ca", "init", "--dir", tmp_path / "ca", *args)
@@ -249,12 +251,13 @@ def test_ca_init_bad_input_is_one_line_error_and_writes_nothing(meshd, tmp_path:
     ("missing", "no such file"),
     ("wg.pub", "not a meshd file"),
 ])
-def test_show_bad_file_is_one_line_error(meshd, node_dir: Path, name: str, fragment: str) -> None:
+def test_show_bad_file_is_one_line_error(meshd: Run, node_dir: Path, name: str,
+                                         fragment: str) -> None:
     result = meshd("ca", "show", node_dir / name)
     assert result.code == 1 and fragment in result.err and result.err.count("\n") == 1
 
 
-def test_show_corrupt_signature_is_rejected(meshd, ca_dir: Path) -> None:
+def test_show_corrupt_signature_is_rejected(meshd: Run, ca_dir: Path) -> None:
     label, raw = identity.dearmor((ca_dir / "cluster.pub").read_text())
     (ca_dir / "bad.pub").write_text(identity.armor(label, raw[:-1] + bytes([raw[-1] ^ 1])))
     result = meshd("ca", "show", ca_dir / "bad.pub")

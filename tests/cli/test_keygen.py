@@ -13,6 +13,7 @@ import pytest
 
 from meshd import identity, keyfiles
 from meshd.errors import KeyFileError
+from tests.conftest import Run
 
 FILES = {"node.key": 0o600, "node.pub": 0o644, "wg.key": 0o600, "wg.pub": 0o644}
 MESHD = Path(sys.executable).parent / "meshd"
@@ -22,7 +23,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_keygen_writes_private_files_0600_and_folder_0700(meshd, tmp_path: Path) -> None:
+def test_keygen_writes_private_files_0600_and_folder_0700(meshd: Run, tmp_path: Path) -> None:
     folder = tmp_path / "a" / "h1"
     result = meshd("keygen", "--dir", folder)
     assert result.code == 0, result.err
@@ -30,7 +31,7 @@ def test_keygen_writes_private_files_0600_and_folder_0700(meshd, tmp_path: Path)
     assert mode(folder) == 0o700
 
 
-def test_keygen_modes_hold_under_a_permissive_umask(meshd, tmp_path: Path) -> None:
+def test_keygen_modes_hold_under_a_permissive_umask(meshd: Run, tmp_path: Path) -> None:
     old = os.umask(0)
     try:
         assert meshd("keygen", "--dir", tmp_path / "h1").code == 0
@@ -39,12 +40,12 @@ def test_keygen_modes_hold_under_a_permissive_umask(meshd, tmp_path: Path) -> No
     assert {name: mode(tmp_path / "h1" / name) for name in FILES} == FILES
 
 
-def test_keygen_leaves_only_its_four_files(meshd, tmp_path: Path) -> None:
+def test_keygen_leaves_only_its_four_files(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
 
 
-def test_keygen_refuses_to_overwrite_without_force(meshd, tmp_path: Path) -> None:
+def test_keygen_refuses_to_overwrite_without_force(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     before = {name: (tmp_path / name).read_bytes() for name in FILES}
     result = meshd("keygen", "--dir", tmp_path)
@@ -53,14 +54,14 @@ def test_keygen_refuses_to_overwrite_without_force(meshd, tmp_path: Path) -> Non
     assert {name: (tmp_path / name).read_bytes() for name in FILES} == before
 
 
-def test_keygen_refusal_writes_nothing_when_any_file_exists(meshd, tmp_path: Path) -> None:
+def test_keygen_refusal_writes_nothing_when_any_file_exists(meshd: Run, tmp_path: Path) -> None:
     (tmp_path / "wg.pub").write_text("old\n")
     result = meshd("keygen", "--dir", tmp_path)
     assert result.code == 1 and "wg.pub" in result.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wg.pub"]
 
 
-def test_keygen_force_replaces_keys_keeping_modes(meshd, tmp_path: Path) -> None:
+def test_keygen_force_replaces_keys_keeping_modes(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     old_key = (tmp_path / "node.key").read_bytes()
     assert meshd("keygen", "--dir", tmp_path, "--force").code == 0
@@ -68,7 +69,7 @@ def test_keygen_force_replaces_keys_keeping_modes(meshd, tmp_path: Path) -> None
     assert {name: mode(tmp_path / name) for name in FILES} == FILES
 
 
-def test_node_pub_is_the_public_half_of_node_key(meshd, tmp_path: Path) -> None:
+def test_node_pub_is_the_public_half_of_node_key(meshd: Run, tmp_path: Path) -> None:
     result = meshd("keygen", "--dir", tmp_path)
     key = keyfiles.load_node_key(tmp_path / "node.key")
     node_id = keyfiles.load_node_pub(tmp_path / "node.pub")
@@ -76,7 +77,7 @@ def test_node_pub_is_the_public_half_of_node_key(meshd, tmp_path: Path) -> None:
     assert identity.b64(node_id) in result.out
 
 
-def test_keygen_prints_no_secret(meshd, tmp_path: Path) -> None:
+def test_keygen_prints_no_secret(meshd: Run, tmp_path: Path) -> None:
     result = meshd("keygen", "--dir", tmp_path)
     seed = bytes(keyfiles.load_node_key(tmp_path / "node.key"))
     wg_private = (tmp_path / "wg.key").read_text().strip()
@@ -85,7 +86,7 @@ def test_keygen_prints_no_secret(meshd, tmp_path: Path) -> None:
     assert wg_private not in result.out + result.err
 
 
-def test_wg_pub_is_x25519_of_a_clamped_wg_key(meshd, tmp_path: Path) -> None:
+def test_wg_pub_is_x25519_of_a_clamped_wg_key(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     private = keyfiles.load_wg_key(tmp_path / "wg.key")
     public = keyfiles.load_wg_key(tmp_path / "wg.pub")
@@ -94,7 +95,7 @@ def test_wg_pub_is_x25519_of_a_clamped_wg_key(meshd, tmp_path: Path) -> None:
     assert (tmp_path / "wg.pub").read_text() == identity.b64(public) + "\n"
 
 
-def test_wg_pub_matches_wg_pubkey(meshd, tmp_path: Path) -> None:
+def test_wg_pub_matches_wg_pubkey(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     with open(tmp_path / "wg.key", "rb") as private:
         derived = subprocess.run(["wg", "pubkey"], stdin=private, capture_output=True,
@@ -102,7 +103,7 @@ def test_wg_pub_matches_wg_pubkey(meshd, tmp_path: Path) -> None:
     assert derived == (tmp_path / "wg.pub").read_bytes()
 
 
-def test_load_rejects_wrong_kind_naming_the_path(meshd, tmp_path: Path) -> None:
+def test_load_rejects_wrong_kind_naming_the_path(meshd: Run, tmp_path: Path) -> None:
     meshd("keygen", "--dir", tmp_path)
     with pytest.raises(KeyFileError, match=r"node\.key: expected a meshd node public key"):
         keyfiles.load_node_pub(tmp_path / "node.key")

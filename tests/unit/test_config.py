@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,9 +63,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def with_(section: str, **values: object) -> dict:
+def with_(section: str, **values: object) -> dict[str, Any]:
     """MINIMAL with keys of one section replaced (section "" is the top level)."""
-    data = {key: dict(value) if isinstance(value, dict) else value for key, value in MINIMAL.items()}
+    data: dict[str, Any] = {key: dict(value) if isinstance(value, dict) else value
+                            for key, value in MINIMAL.items()}
     target = data if section == "" else data.setdefault(section, {})
     target.update(values)
     return data
@@ -108,7 +110,8 @@ def test_from_dict_resolves_relative_paths_against_base_dir(tmp_path: Path) -> N
     assert cfg.control_socket == tmp_path / "run" / "c.sock"
 
 
-def test_load_resolves_relative_paths_against_the_file_folder(tmp_path: Path, monkeypatch) -> None:
+def test_load_resolves_relative_paths_against_the_file_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, FULL)
     monkeypatch.chdir(path.parent)
     cfg = config.load("meshd.toml")

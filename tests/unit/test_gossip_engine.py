@@ -27,7 +27,7 @@ from meshd.gossip.tuning import GossipTuning, eager_fanout, suspicion_max_s
 from meshd.records import NodeInfo
 from meshd.table import VersionClock
 from meshd.wire import MsgType
-from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member
+from tests.helpers import WALL_MS, Member, make_ca, make_cluster, make_member, node_of
 
 Drop = Callable[[int, int, bytes], bool]
 #: The default (lan) probe interval: the tests below count rounds, not seconds.
@@ -150,14 +150,14 @@ def test_an_unreachable_member_is_suspected_then_declared_dead(trio: Router) -> 
 
 def test_a_suspected_member_refutes_with_a_newer_record(trio: Router) -> None:
     victim = trio.engines[2]
-    incarnation = victim.table.node(victim.node_id).version
+    incarnation = node_of(victim.table, victim.node_id).version
     claim = Claim.make(trio.engines[0].key, victim.node_id, incarnation, CLAIM_SUSPECT,
                        trio.wall_ms)
     trio.engines[0]._apply_claim(claim)
     trio.engines[0]._spread_claim(claim, direct_to=trio.engines[0].members[victim.node_id])
     assert trio.state(0, 2) == SUSPECT
     trio.flush()
-    assert victim.table.node(victim.node_id).version > incarnation
+    assert node_of(victim.table, victim.node_id).version > incarnation
     assert trio.state(0, 2) == ALIVE and trio.state(1, 2) == ALIVE
     assert any(isinstance(e, MemberAlive) for e in trio.events(0))
 
@@ -168,7 +168,7 @@ def test_a_lone_accuser_waits_the_long_timeout_and_confirmations_shorten_it() ->
     router.join_all()
     observer = router.engines[0]
     subject = router.engines[5]
-    inc = subject.table.node(subject.node_id).version
+    inc = node_of(subject.table, subject.node_id).version
     tuning = observer.tuning
     long_s = suspicion_max_s(tuning.suspicion_mult, observer.alive_count, tuning.probe_interval_s)
     observer._apply_claim(Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_SUSPECT,
@@ -189,7 +189,7 @@ def test_a_suspicion_runs_from_when_it_was_claimed_backdated_at_most_the_floor(
     router = Router(members)
     router.join_all()
     observer, subject = router.engines[0], router.engines[5]
-    inc = subject.table.node(subject.node_id).version
+    inc = node_of(subject.table, subject.node_id).version
     observer._apply_claim(Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_SUSPECT,
                                      observer._wall_ms - age_ms))
     suspicion = observer.members[subject.node_id].suspicion
@@ -219,7 +219,7 @@ def test_repeated_claims_by_one_accuser_count_once() -> None:
     router = Router(members)
     router.join_all()
     observer, subject = router.engines[0], router.engines[5]
-    inc = subject.table.node(subject.node_id).version
+    inc = node_of(subject.table, subject.node_id).version
     for _ in range(5):
         claim = Claim.make(router.engines[1].key, subject.node_id, inc, CLAIM_DEAD, router.wall_ms)
         observer._apply_claim(claim)
@@ -254,8 +254,8 @@ def test_tags_change_reaches_every_member(trio: Router) -> None:
     trio.events(1)
     trio.engines[0].set_tags({"role": "db"}, trio.now, trio.wall_ms)
     trio.flush()
-    record = trio.engines[1].table.node(trio.engines[0].node_id)
-    assert record is not None and record.info.tags == {"role": "db"}
+    record = node_of(trio.engines[1].table, trio.engines[0].node_id)
+    assert isinstance(record.info, NodeInfo) and record.info.tags == {"role": "db"}
     assert any(isinstance(e, MemberUpdated) and e.tags == {"role": "db"} for e in trio.events(1))
 
 
@@ -384,7 +384,7 @@ def _stranger_pair() -> tuple[Router, Gossip, Gossip]:
     _, members = make_cluster(2)
     router = Router(members)
     known, stranger = router.engines
-    stranger._merge([known.table.node(known.node_id).to_wire()], eager=False)
+    stranger._merge([node_of(known.table, known.node_id).to_wire()], eager=False)
     stranger.datagrams_to_send()
     return router, known, stranger
 
@@ -466,10 +466,10 @@ def test_signed_records_from_a_stranger_still_get_in() -> None:
     _, members = make_cluster(3)
     router = Router(members)
     known, stranger, third = router.engines
-    stranger._merge([e.table.node(e.node_id).to_wire() for e in (known, third)], eager=False)
+    stranger._merge([node_of(e.table, e.node_id).to_wire() for e in (known, third)], eager=False)
     stranger.datagrams_to_send()
     stranger._send(stranger.members[known.node_id], MsgType.GOSSIP, {},
-                   [[0, third.table.node(third.node_id).to_wire()]])
+                   [[0, node_of(third.table, third.node_id).to_wire()]])
     ((data, _),) = stranger.datagrams_to_send()
     known.receive_datagram(data, router.address(1), router.now, router.wall_ms)
     assert known.stats.dropped["unknown_sender"] == 1
@@ -556,10 +556,10 @@ def test_a_busy_queue_stops_eager_pushes_and_starts_a_catch_up_sync() -> None:
     assert _gossip_to(router, 0) == []
     assert receiver.queued_broadcasts == queued           # nor relayed later, ~3 a datagram
     assert len(receiver.syncs_to_start()) == 1
-    own = receiver.table.node(receiver.node_id)
+    own = node_of(receiver.table, receiver.node_id)
     receiver.set_tags({"mine": "always pushed"}, router.now, router.wall_ms)
     assert len(_gossip_to(router, 0)) == 11                 # every other member, at once
-    assert receiver.table.node(receiver.node_id).version > own.version
+    assert node_of(receiver.table, receiver.node_id).version > own.version
 
 
 def test_periodic_anti_entropy_is_a_hash_on_a_ping_and_a_stream_only_if_tables_differ(
@@ -616,7 +616,11 @@ def test_with_dead_members_every_live_member_still_has_one_prober_a_round() -> N
         for node_id in dead:
             engine._set_state(engine.members[node_id], DEAD, MemberDied)
     for round_no in range(20):
-        targets = [e._next_target(WALL_MS + round_no * 1000).node_id for e in live]
+        targets = []
+        for e in live:
+            target = e._next_target(WALL_MS + round_no * 1000)
+            assert target is not None   # five live members: each has someone to probe
+            targets.append(target.node_id)
         assert sorted(targets) == sorted(e.node_id for e in live)
 
 

@@ -160,7 +160,8 @@ def test_cluster_round_trip_and_mesh_addresses() -> None:
     (MESH_PREFIX, ipaddress.IPv4Network("10.0.0.0/30"), "routed"),
     (MESH_PREFIX, identity.DEFAULT_SERVICE_RANGE, "overlay"),
 ])
-def test_cluster_issue_validates(args: tuple) -> None:
+def test_cluster_issue_validates(
+        args: tuple[ipaddress.IPv6Network, ipaddress.IPv4Network, str]) -> None:
     with pytest.raises(UsageError):
         Cluster.issue(signing_key("ca"), *args, WALL_MS)
 

@@ -48,7 +48,8 @@ def fd_is_open(fd: int) -> bool:
     return True
 
 
-def test_a_thread_that_outlives_stop_closes_the_wake_pipe_itself(monkeypatch) -> None:
+def test_a_thread_that_outlives_stop_closes_the_wake_pipe_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pump, "STOP_TIMEOUT_S", 0.05)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

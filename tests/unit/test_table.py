@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.helpers import (
     make_ca,
     make_cluster,
     make_member,
+    node_of,
     rejections,
     wires,
 )
@@ -52,6 +54,18 @@ def assert_rejected(t: Table, record: Any, reason: str | None = None,
     if reason is not None:
         assert result.rejected[reason] == 1, result.rejected
     assert contents(t) == before and t.table_hash == digest
+
+
+def spy_on_verify(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
+                  calls: list[tuple[Any, ...]]) -> None:
+    """Patch `module.verify` to note each call's arguments in `calls`; it still verifies."""
+    real = module.verify
+
+    def spy(*args: Any) -> None:
+        calls.append(args)
+        real(*args)
+
+    monkeypatch.setattr(module, "verify", spy)
 
 
 # --- the basics ------------------------------------------------------------------------
@@ -90,7 +104,8 @@ def test_newer_version_replaces_and_reports_the_change() -> None:
     old = t.node(m.id)
     result = t.merge([m.node_record(2, tags={"v": "2"})], WALL_MS)
     assert len(result.changes) == 1 and result.changes[0].old == old
-    assert t.node(m.id).version == 2 and t.node(m.id).info.tags == {"v": "2"}
+    new = node_of(t, m.id)
+    assert new.version == 2 and isinstance(new.info, NodeInfo) and new.info.tags == {"v": "2"}
 
 
 def test_replay_of_an_older_version_changes_nothing() -> None:
@@ -107,9 +122,8 @@ def test_replay_of_an_older_version_changes_nothing() -> None:
 def test_known_versions_are_dropped_before_any_crypto(monkeypatch: pytest.MonkeyPatch) -> None:
     ca, (m,) = make_cluster(1)
     t = joined([m])
-    calls = []
-    real = table_mod.verify
-    monkeypatch.setattr(table_mod, "verify", lambda *a: calls.append(a) or real(*a))
+    calls: list[tuple[Any, ...]] = []
+    spy_on_verify(monkeypatch, table_mod, calls)
     old = m.node_record(1)
     t.merge([old, old], WALL_MS)
     assert calls == []
@@ -122,9 +136,8 @@ def test_shared_cache_verifies_each_record_once(monkeypatch: pytest.MonkeyPatch)
     ca, (m,) = make_cluster(1)
     record = m.node_record(3)
     cache = RecordCache()
-    calls = []
-    real = table_mod.verify
-    monkeypatch.setattr(table_mod, "verify", lambda *a: calls.append(a) or real(*a))
+    calls: list[tuple[Any, ...]] = []
+    spy_on_verify(monkeypatch, table_mod, calls)
     for _ in range(5):
         assert ca.table(cache=cache).merge([record], WALL_MS).changes
     assert len(calls) == 1
@@ -138,7 +151,7 @@ def test_equal_versions_tie_break_on_signature() -> None:
     t1.merge([a, b], WALL_MS)
     t2.merge([b, a], WALL_MS)
     assert contents(t1) == contents(t2) and t1.table_hash == t2.table_hash
-    assert t1.node(m.id).signed.signature == max(a[2], b[2])
+    assert node_of(t1, m.id).signed.signature == max(a[2], b[2])
 
 
 def test_merge_counts_malformed_input_and_carries_on() -> None:
@@ -334,7 +347,7 @@ def test_revocation_drops_the_nodes_existing_records_and_keeps_them_out() -> Non
     t.merge([m.service_record(2), m.service_record(3, m.service_info("web", 11))], WALL_MS)
     assert len(t.of_origin(m.id)) == 3
     result = t.merge([ca.revocation_wire(m.cert)], WALL_MS)
-    removed = {c.old.ident for c in result.changes if c.new is None}
+    removed = {c.record.ident for c in result.changes if c.new is None}
     assert len(removed) == 3 and t.of_origin(m.id) == [] and t.certificate(m.id) is None
     assert m.cert.serial in t.digest().revocations and t.node(other.id) is not None
     assert_rejected(t, m.node_record(4), "revoked")
@@ -348,7 +361,7 @@ def test_renewed_certificate_survives_revocation_of_the_old_one() -> None:
     t = joined([m])
     t.merge([m.node_record(2, cert=renewed)], WALL_MS)
     t.merge([ca.revocation_wire(m.cert)], WALL_MS)
-    assert t.node(m.id).version == 2 and t.certificate(m.id) == renewed
+    assert node_of(t, m.id).version == 2 and t.certificate(m.id) == renewed
 
 
 def test_per_origin_record_limit() -> None:
@@ -376,7 +389,7 @@ def test_tombstone_hides_the_key_and_is_collected_after_grace() -> None:
     assert dead is not None and dead.deleted and dead.body is None
     assert t.collect(version + DEFAULT_TOMBSTONE_GRACE_MS) == []
     changes = t.collect(version + DEFAULT_TOMBSTONE_GRACE_MS + 1)
-    assert [c.old.version for c in changes] == [version] and changes[0].new is None
+    assert [c.record.version for c in changes] == [version] and changes[0].new is None
     assert t.get(m.id, KIND_SERVICE, info.key) is None
     later = version + DEFAULT_TOMBSTONE_GRACE_MS + 2
     # A late old copy of the deleted key (or of the tombstone) is not resurrected.
@@ -412,7 +425,7 @@ def test_collect_drops_origins_with_expired_certificates() -> None:
     t = joined([short, long])
     skew = t.trust.skew_ms
     assert t.collect(WALL_MS + DAY_MS + skew) == []
-    assert [c.old.origin for c in t.collect(WALL_MS + DAY_MS + skew + 1)] == [short.id]
+    assert [c.record.origin for c in t.collect(WALL_MS + DAY_MS + skew + 1)] == [short.id]
     assert t.node(long.id) is not None
 
 
@@ -476,7 +489,8 @@ def test_digest_from_wire_rejects_malformed(mutate: Any) -> None:
         Digest.from_wire(mutate(joined([m]).digest().to_wire()))
 
 
-def test_warm_does_the_crypto_of_a_merge_ahead_and_changes_nothing(monkeypatch) -> None:
+def test_warm_does_the_crypto_of_a_merge_ahead_and_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ca, (a, b, c) = make_cluster(3)
     t = joined([a])
     before = contents(t), t.table_hash
@@ -484,11 +498,9 @@ def test_warm_does_the_crypto_of_a_merge_ahead_and_changes_nothing(monkeypatch) 
                 a.node_record(1)]   # a.node_record(1) is not newer than what t holds
     t.warm(wires_in, WALL_MS)       # bad input is left to the merge: nothing raised
     assert (contents(t), t.table_hash) == before
-    checks: list[bytes] = []    # signers of the signatures checked: records' and the CA's
+    checks: list[tuple[Any, ...]] = []    # signatures checked: records' and the CA's
     for module in (table_mod, identity):
-        real = module.verify
-        monkeypatch.setattr(module, "verify", lambda *args, real=real: checks.append(args[0])
-                            or real(*args))
+        spy_on_verify(monkeypatch, module, checks)
     result = t.merge(wires_in, WALL_MS)
     assert checks == [] and result.rejected == {"malformed": 1} and result.duplicates == 1
     assert t.node(b.id) is not None and t.node(c.id) is not None
@@ -545,7 +557,7 @@ def test_sync_both_ways_makes_tables_equal() -> None:
     t1.merge([r.to_wire() for r in delta2], WALL_MS)
     t2.merge([r.to_wire() for r in t1.delta_since(d2)], WALL_MS)
     assert contents(t1) == contents(t2) and t1.table_hash == t2.table_hash
-    assert t1.of_origin(a.id) == [] and t1.node(b.id).version == 4
+    assert t1.of_origin(a.id) == [] and node_of(t1, b.id).version == 4
     assert t1.delta_since(t2.digest()) == [] and t2.delta_since(t1.digest()) == []
 
 
@@ -600,7 +612,8 @@ def test_node_subnet_that_is_not_text_is_malformed(prefix: Any) -> None:
 
 def test_record_with_an_unhashable_kind_is_malformed() -> None:
     ca, (m,) = make_cluster(1)
-    for kind in ([], {}, ["node"]):
+    unhashable: tuple[object, ...] = ([], {}, ["node"])
+    for kind in unhashable:
         record = m.forge(1, kind, NODE_KEY, m.node_info().to_body())  # type: ignore[arg-type]
         with pytest.raises(WireError):
             parse_record(record)
