@@ -313,6 +313,8 @@ class Agent:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "members": {state: counts[state] for state in STATES},
             "table": {"records": len(engine.table), "hash": engine.table.table_hash.hex()},
+            "gossip": {"queued_broadcasts": engine.queued_broadcasts,
+                       "awareness": engine.awareness},
             "udp": {"sent": stats.sent_datagrams, "received": stats.received_datagrams,
                     "bytes_sent": stats.sent_bytes, "bytes_received": stats.received_bytes},
             "tcp": {key: self._tcp[key] for key in ("frames_sent", "frames_received",

@@ -20,11 +20,9 @@ from meshd.errors import ConfigError
 from meshd.table import Table
 from tests.agent.cluster import Cluster, NodeFiles
 
-IPS = ["127.0.0.91", "127.0.0.92", "127.0.0.93"]
+IPS = ["127.0.0.91", "127.0.0.92", "127.0.0.93", "127.0.0.96"]
 EVENT_WAIT_S = 20.0
 CYCLES = 50
-# On the `local` profile an update is piggybacked 4 times, one gossip round (0.1 s) apart.
-RETRANSMITS_DONE_S = 2.0
 
 #: Two nodes' files: n1, and n2 with n1 as its seed.
 Pair = tuple[NodeFiles, NodeFiles]
@@ -125,9 +123,10 @@ async def test_an_embedded_node_may_serve_its_control_socket(pair: Pair) -> None
 
 async def test_a_large_sync_delta_is_verified_off_the_event_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """n3 joins through n1 once n2's record is no longer piggybacked, so it gets that
-    record in a push-pull's delta; with the size floor at zero, the delta's checks must
-    run where no event loop is running."""
+    """n2 joins n1 and n4, then leaves; once n1 and n4 piggyback nothing more, n3 joins
+    through n1 and can learn of n2 only from the join's push-pull delta (n2 is gone, so
+    it cannot probe n3 with its own record). With the size floor at zero, the delta's
+    checks must run where no event loop is running."""
     monkeypatch.setattr(agent_module, "WARM_OFF_LOOP_BYTES", 0)
     on_loop: list[bool] = []
     warm = Table.warm
@@ -143,17 +142,20 @@ async def test_a_large_sync_delta_is_verified_off_the_event_loop(
     monkeypatch.setattr(Table, "warm", spy)
     cluster = Cluster(tmp_path, IPS)
     first = cluster.node(1)
-    configs = [meshd.load_config(n.config)
-               for n in (first, cluster.node(2, seeds=[first]), cluster.node(3, seeds=[first]))]
-    async with meshd.Node(configs[0]) as a:
+    configs = [meshd.load_config(cluster.node(i, seeds=[first]).config) for i in (2, 3, 4)]
+    async with meshd.Node(meshd.load_config(first.config)) as a, meshd.Node(configs[2]) as d:
         events = a.events()
-        async with meshd.Node(configs[1]):
+        async with meshd.Node(configs[0]):
             await next_of(events, meshd.MemberJoined, "n2")
-            await asyncio.sleep(RETRANSMITS_DONE_S)
-            async with meshd.Node(configs[2]) as c:
-                async with asyncio.timeout(EVENT_WAIT_S):
-                    while len([m for m in c.members() if m.state == "alive"]) < 3:
-                        await asyncio.sleep(0.05)
+        await next_of(events, meshd.MemberLeft, "n2")
+        async with asyncio.timeout(EVENT_WAIT_S):
+            while any([(await node.status())["gossip"]["queued_broadcasts"] for node in (a, d)]):
+                await asyncio.sleep(0.05)
+        on_loop.clear()     # the earlier joins synced too: only n3's counts
+        async with meshd.Node(configs[1]) as c:
+            async with asyncio.timeout(EVENT_WAIT_S):
+                while {m.name: m.state for m in c.members()}.get("n2") != "left":
+                    await asyncio.sleep(0.05)
     assert on_loop and not any(on_loop)
 
 
