@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from meshd import config
 
@@ -31,6 +31,11 @@ POLL_S = 0.1
 def _meshd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True, text=True,
                           check=check, timeout=30)
+
+
+def _wall_ms() -> int:
+    """The clock the agents stamp what they learn with (`since_ms`)."""
+    return time.time_ns() // 1_000_000
 
 
 def _step(text: str) -> None:
@@ -60,15 +65,20 @@ class Demo:
             return {}
         return {m["name"]: m for m in json.loads(out.stdout)}
 
-    def wait(self, what: str, predicate: Callable[[], bool]) -> float:
-        """Poll until `predicate` holds (bounded); return how long it took."""
-        start = time.monotonic()
-        deadline = start + WAIT_S
+    def wait(self, what: str, predicate: Callable[[], bool]) -> None:
+        """Poll until `predicate` holds (bounded)."""
+        deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             if predicate():
-                return time.monotonic() - start
+                return
             time.sleep(POLL_S)
         raise RuntimeError(f"timed out after {WAIT_S:.0f} s waiting for {what}")
+
+    def learned(self, observers: Iterable[str], member: str) -> int:
+        """When the last of `observers` learned `member`'s current state, in wall-clock ms,
+        by the observers' own stamps: a poll through a `meshd` process only bounds it from
+        above, by that process's start-up time."""
+        return max(self.members(host)[member]["since_ms"] for host in observers)
 
     def make_cluster(self) -> None:
         _step("An offline cluster CA signs each host's identity")
@@ -90,6 +100,7 @@ class Demo:
 
     def start_agents(self) -> None:
         _step("Three agents start; h2 and h3 join through h1 with a signed hello")
+        started_ms = _wall_ms()
         for host in HOSTS:
             path = self.root / host / "meshd.toml"
             log = open(self.root / host / "agent.log", "wb")
@@ -97,35 +108,44 @@ class Demo:
                 [sys.executable, "-m", "meshd", "agent", "--config", str(path)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
-        took = self.wait("all agents to see each other", lambda: all(
+        self.wait("all agents to see each other", lambda: all(
             len([m for m in self.members(h).values() if m["state"] == "alive"]) == len(HOSTS)
             for h in HOSTS))
-        print(f"every agent lists {len(HOSTS)} alive members after {took:.2f} s")
+        took = max(self.learned(HOSTS, host) for host in HOSTS) - started_ms
+        print(f"every agent lists {len(HOSTS)} alive members {took / 1000:.2f} s after the"
+              " agents were started")
         _show(["members", "--socket", self.socket("h1")])
 
     def show_tags(self) -> None:
         _step("h2 changes a tag: a newer signed record, pushed at once")
         _show(["tags", "set", "role=db", "--socket", self.socket("h2")])
-        took = self.wait("the tag at h3", lambda: self.members("h3").get("h2", {})
-                         .get("tags", {}).get("role") == "db")
-        print(f"h3 sees h2's tag role=db after {took:.2f} s")
+        self.wait("the tag at h3", lambda: self.members("h3").get("h2", {})
+                  .get("tags", {}).get("role") == "db")
+        took = self.learned(["h3"], "h2") - self.learned(["h2"], "h2")
+        print(f"h3 learned h2's tag role=db {took / 1000:.3f} s after h2 made it"
+              " (each agent's own stamp)")
 
     def show_failure(self) -> None:
         _step("h3 is killed with SIGKILL: suspected, confirmed, declared dead")
+        killed_ms = _wall_ms()
         self.procs.pop("h3").kill()
-        took = self.wait("h3 dead at h1 and h2", lambda: all(
+        self.wait("h3 dead at h1 and h2", lambda: all(
             self.members(h).get("h3", {}).get("state") == "dead" for h in ("h1", "h2")))
-        print(f"h1 and h2 see h3 dead after {took:.2f} s")
+        took = self.learned(["h1", "h2"], "h3") - killed_ms
+        print(f"h1 and h2 learned h3 was dead {took / 1000:.2f} s after the kill")
         _show(["members", "--socket", self.socket("h1")])
 
     def show_leave(self) -> None:
         _step("h2 gets SIGTERM: it leaves gracefully with a signed 'left' record")
         proc = self.procs.pop("h2")
+        signalled_ms = _wall_ms()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
-        took = self.wait("h2 left at h1", lambda: self.members("h1").get("h2", {})
-                         .get("state") == "left")
-        print(f"h1 sees h2 left after {took:.2f} s (h2 exited with status {proc.returncode})")
+        self.wait("h2 left at h1", lambda: self.members("h1").get("h2", {})
+                  .get("state") == "left")
+        took = self.learned(["h1"], "h2") - signalled_ms
+        print(f"h1 learned h2 had left {took / 1000:.3f} s after the SIGTERM"
+              f" (h2 exited with status {proc.returncode})")
         _show(["members", "--socket", self.socket("h1")])
 
     def stop(self) -> None:
