@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -157,6 +158,16 @@ async def test_a_large_sync_delta_is_verified_off_the_event_loop(
                 while {m.name: m.state for m in c.members()}.get("n2") != "left":
                     await asyncio.sleep(0.05)
     assert on_loop and not any(on_loop)
+
+
+@pytest.mark.parametrize("option, cap", [(socket.SO_RCVBUF, "rmem_max"),
+                                         (socket.SO_SNDBUF, "wmem_max")])
+def test_the_gossip_socket_has_room_for_a_join_storm(option: int, cap: str) -> None:
+    """Linux grants min(asked, the sysctl cap) and reports twice that (its bookkeeping)."""
+    limit = int(Path(f"/proc/sys/net/core/{cap}").read_text())
+    with agent_module.gossip_socket(socket.AF_INET) as sock:
+        granted = sock.getsockopt(socket.SOL_SOCKET, option)
+    assert granted == 2 * min(agent_module.UDP_BUFFER_BYTES, limit)
 
 
 async def test_a_subnet_outside_the_certificate_fails_at_start(tmp_path: Path) -> None:
