@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from meshd import config
+from meshd.pump import wall_ms   # the clock agents stamp `since_ms` with
 
 HOSTS = ("h1", "h2", "h3")
 BASE_IP = "127.0.77"
@@ -31,11 +32,6 @@ POLL_S = 0.1
 def _meshd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True, text=True,
                           check=check, timeout=30)
-
-
-def _wall_ms() -> int:
-    """The clock the agents stamp what they learn with (`since_ms`)."""
-    return time.time_ns() // 1_000_000
 
 
 def _step(text: str) -> None:
@@ -74,11 +70,13 @@ class Demo:
             time.sleep(POLL_S)
         raise RuntimeError(f"timed out after {WAIT_S:.0f} s waiting for {what}")
 
-    def learned(self, observers: Iterable[str], member: str) -> int:
-        """When the last of `observers` learned `member`'s current state, in wall-clock ms,
-        by the observers' own stamps: a poll through a `meshd` process only bounds it from
-        above, by that process's start-up time."""
-        return max(self.members(host)[member]["since_ms"] for host in observers)
+    def learned(self, observers: Iterable[str], members: Iterable[str]) -> int:
+        """When the last of `observers` learned the last of `members`' current state, in
+        wall-clock ms, by the observers' own stamps: a poll through a `meshd` process only
+        bounds it from above, by that process's start-up time."""
+        wanted = list(members)
+        return max(max(listed[name]["since_ms"] for name in wanted)
+                   for listed in map(self.members, observers))
 
     def make_cluster(self) -> None:
         _step("An offline cluster CA signs each host's identity")
@@ -100,7 +98,7 @@ class Demo:
 
     def start_agents(self) -> None:
         _step("Three agents start; h2 and h3 join through h1 with a signed hello")
-        started_ms = _wall_ms()
+        started_ms = wall_ms()
         for host in HOSTS:
             path = self.root / host / "meshd.toml"
             log = open(self.root / host / "agent.log", "wb")
@@ -111,7 +109,7 @@ class Demo:
         self.wait("all agents to see each other", lambda: all(
             len([m for m in self.members(h).values() if m["state"] == "alive"]) == len(HOSTS)
             for h in HOSTS))
-        took = max(self.learned(HOSTS, host) for host in HOSTS) - started_ms
+        took = self.learned(HOSTS, HOSTS) - started_ms
         print(f"every agent lists {len(HOSTS)} alive members {took / 1000:.2f} s after the"
               " agents were started")
         _show(["members", "--socket", self.socket("h1")])
@@ -121,29 +119,29 @@ class Demo:
         _show(["tags", "set", "role=db", "--socket", self.socket("h2")])
         self.wait("the tag at h3", lambda: self.members("h3").get("h2", {})
                   .get("tags", {}).get("role") == "db")
-        took = self.learned(["h3"], "h2") - self.learned(["h2"], "h2")
+        took = self.learned(["h3"], ["h2"]) - self.learned(["h2"], ["h2"])
         print(f"h3 learned h2's tag role=db {took / 1000:.3f} s after h2 made it"
               " (each agent's own stamp)")
 
     def show_failure(self) -> None:
         _step("h3 is killed with SIGKILL: suspected, confirmed, declared dead")
-        killed_ms = _wall_ms()
+        killed_ms = wall_ms()
         self.procs.pop("h3").kill()
         self.wait("h3 dead at h1 and h2", lambda: all(
             self.members(h).get("h3", {}).get("state") == "dead" for h in ("h1", "h2")))
-        took = self.learned(["h1", "h2"], "h3") - killed_ms
+        took = self.learned(["h1", "h2"], ["h3"]) - killed_ms
         print(f"h1 and h2 learned h3 was dead {took / 1000:.2f} s after the kill")
         _show(["members", "--socket", self.socket("h1")])
 
     def show_leave(self) -> None:
         _step("h2 gets SIGTERM: it leaves gracefully with a signed 'left' record")
         proc = self.procs.pop("h2")
-        signalled_ms = _wall_ms()
+        signalled_ms = wall_ms()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
         self.wait("h2 left at h1", lambda: self.members("h1").get("h2", {})
                   .get("state") == "left")
-        took = self.learned(["h1"], "h2") - signalled_ms
+        took = self.learned(["h1"], ["h2"]) - signalled_ms
         print(f"h1 learned h2 had left {took / 1000:.3f} s after the SIGTERM"
               f" (h2 exited with status {proc.returncode})")
         _show(["members", "--socket", self.socket("h1")])
