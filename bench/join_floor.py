@@ -104,8 +104,8 @@ class _MeteredCluster(Cluster):
     def engine_s(self) -> float:
         return self._meter[0]
 
-    def _new_engine(self, node: SimNode) -> Any:
-        return _Metered(super()._new_engine(node), ENGINE_CALLS, self._meter)
+    def _new_engine(self, node: SimNode, table: Table | None = None) -> Any:
+        return _Metered(super()._new_engine(node, table), ENGINE_CALLS, self._meter)
 
 
 @dataclass(frozen=True, slots=True)

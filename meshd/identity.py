@@ -368,6 +368,13 @@ class Trust:
         # only what the CA signed, never a node's own revocation or time view.
         self._certs: dict[bytes, Certificate] = {} if cert_cache is None else cert_cache
 
+    def fork(self) -> Trust:
+        """Another node's trust in the same CA, knowing the same revocations; the
+        certificate cache is shared (it holds only what the CA signed)."""
+        twin = Trust(self.cluster, self.skew_ms, self._certs)
+        twin.revoked = dict(self.revoked)
+        return twin
+
     def verify_certificate(self, signed: Signed, wall_ms: int) -> Certificate:
         """Chain to the CA, then window and revocation; each failure its own error."""
         cert = self._certs.get(signed.signature)

@@ -262,17 +262,28 @@ class _Origin:
     nodes holds N of these, and the simulator holds N tables, so this is most of its
     memory. The node record sits apart because every origin has exactly one and, in
     membership-only mode, nothing else.
+
+    Only its `owner` table changes it: a fork of a table shares its parent's entries and
+    copies one before its first change (see `Table.fork`).
     """
 
-    __slots__ = ("node", "others", "max_version", "hash", "cert")
+    __slots__ = ("node", "others", "max_version", "hash", "cert", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
         self.node: Record | None = None
         self.others: dict[Ident, Record] | None = None
         self.max_version = 0
         #: The sum of the origin's record hashes, kept to the width digests carry.
         self.hash = 0
         self.cert: Certificate | None = None
+        self.owner = owner
+
+    def copy(self, owner: object) -> _Origin:
+        twin = _Origin(owner)
+        twin.node, twin.max_version, twin.hash, twin.cert = (
+            self.node, self.max_version, self.hash, self.cert)
+        twin.others = None if self.others is None else dict(self.others)
+        return twin
 
     def records(self) -> list[Record]:
         held = [] if self.node is None else [self.node]
@@ -320,6 +331,22 @@ class Table:
         self._hash = 0
         self._changes = 0    # counts every record added or removed (see `_add_hash`)
         self._digest_wire: tuple[tuple[int, int], dict[str, Any]] = ((-1, 0), {})
+        self._owner = object()      # marks the `_Origin`s this table may change in place
+
+    def fork(self) -> Table:
+        """Another node's table holding what this one holds, for the price of its maps:
+        record and origin objects stay shared until one side changes an origin, which
+        it then copies. The simulator's steady start gives each of 10,000 nodes a fork
+        of one converged table; 10,000 tables built record by record do not fit in RAM.
+        """
+        twin = Table(self.trust.fork(), max_records_per_origin=self.max_records_per_origin,
+                     tombstone_grace_ms=self.tombstone_grace_ms, cache=self.cache)
+        twin._records = dict(self._records)
+        twin._origins = dict(self._origins)
+        twin._floor = dict(self._floor)
+        twin._hash, twin._changes, twin._digest_wire = self._hash, self._changes, self._digest_wire
+        self._owner = object()      # both sides copy a shared entry before changing it
+        return twin
 
     # --- reading -------------------------------------------------------------
 
@@ -531,9 +558,7 @@ class Table:
 
     def _apply(self, record: Record, cert: Certificate | None, result: MergeResult,
                wall_ms: int) -> None:
-        held = self._origins.get(record.origin)
-        if held is None:
-            held = self._origins[record.origin] = _Origin()
+        held = self._own(record.origin)
         old = self._records.get(record.ident)
         if old is not None:
             self._add_hash(held, old, -1)
@@ -555,10 +580,19 @@ class Table:
 
     def _remove(self, record: Record) -> Change:
         del self._records[record.ident]
-        held = self._origins[record.origin]
+        held = self._own(record.origin)
         held.discard(record)
         self._add_hash(held, record, -1)
         return Change(record, None)
+
+    def _own(self, origin: bytes) -> _Origin:
+        """The origin's entry, ours to change (copied first if a fork shares it)."""
+        held = self._origins.get(origin)
+        if held is None:
+            held = self._origins[origin] = _Origin(self._owner)
+        elif held.owner is not self._owner:
+            held = self._origins[origin] = held.copy(self._owner)
+        return held
 
     def _add_hash(self, held: _Origin, record: Record, sign: int) -> None:
         """Every record added or removed passes here: the table hash and counts follow."""

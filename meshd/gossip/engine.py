@@ -28,13 +28,13 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import nacl.signing
 
 from meshd import wire
 from meshd.errors import (
-    MeshdError, RemoteError, StaleError, WireError,
+    MeshdError, RemoteError, StaleError, UsageError, WireError,
 )
 from meshd.gossip.auth import MAC_BYTES, PairwiseAuth
 from meshd.gossip.broadcast import BroadcastQueue
@@ -110,9 +110,13 @@ def default_address(info: NodeInfo) -> Address | None:
     return parse_address(info.gossip) if info.gossip else None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Member:
-    """The engine's local liveness view of one node (its facts live in the table)."""
+    """The engine's local liveness view of one node (its facts live in the table).
+
+    Never changed, only replaced: a view the shell reads stays as it was, and engines
+    may share members (the simulator's steady start gives thousands one set).
+    """
 
     node_id: bytes
     name: str
@@ -121,7 +125,6 @@ class Member:
     state: str = ALIVE
     since: float = 0.0
     suspicion: Suspicion | None = None
-    knows_us: bool = False      # it sent us an authenticated datagram: it holds our record
 
 
 @dataclass(slots=True)
@@ -166,6 +169,9 @@ class Gossip:
         self.auth = PairwiseAuth(key, clock.last + 1)
         self.stats = Stats()
         self.members: dict[bytes, Member] = {}
+        # Members that sent us an authenticated datagram since their last record: they
+        # hold our record, so a probe to them needs no introduction.
+        self._heard_from: set[bytes] = set()
         self._live_members = 0          # members alive or suspect (see alive_count)
         # Members that got a suspicion, in order; pruned lazily. Timers read this, not every
         # member: the shell asks for next_deadline after each datagram.
@@ -204,6 +210,30 @@ class Gossip:
         """Publish our own node record; timers start from `now`."""
         self._tick(now, wall_ms)
         self._publish_self(replace(self.info, left=False))
+        self._start_timers(now)
+
+    def start_formed(self, members: Mapping[bytes, Member], now: float, wall_ms: int) -> None:
+        """Start as a member of a cluster that formed already: the table holds our current
+        node record and every member's, and `members` is the view of them (ours may be
+        among them; every engine may be given the same one). Nothing is published and
+        nobody is greeted: this is where `start` and `join` end once a join storm is
+        over, which is how the simulator starts clusters too large to form one by one.
+        """
+        own = self.table.node(self.node_id)
+        if own is None or own.info != self.info:
+            raise UsageError("start_formed: the table must hold our current node record")
+        self.clock.last = max(self.clock.last, own.version)   # as if we had published it
+        self._tick(now, wall_ms)
+        self.members = {node_id: m for node_id, m in members.items() if node_id != self.node_id}
+        live = [node_id for node_id, m in self.members.items() if m.state in LIVE_STATES]
+        self._live_members = len(live)
+        self._ring = sorted([self.node_id, *live])
+        self._by_address = {m.address: node_id for node_id, m in self.members.items()
+                            if m.address is not None}
+        self._joined = True
+        self._start_timers(now)
+
+    def _start_timers(self, now: float) -> None:
         interval_ms = int(self.tuning.probe_interval_s * 1000)
         spread_ms = max(1, int(PROBE_SPREAD * interval_ms))
         self._probe_offset_ms = int.from_bytes(self.node_id[:4], "big") % spread_ms
@@ -341,6 +371,10 @@ class Gossip:
     def members_view(self) -> list[Member]:
         return list(self.members.values())
 
+    def knows_us(self, node_id: bytes) -> bool:
+        """The member sent us an authenticated datagram since its last record."""
+        return node_id in self._heard_from
+
     @property
     def queued_broadcasts(self) -> int:
         """Updates waiting to be piggybacked (memberlist's queue.broadcasts metric)."""
@@ -430,7 +464,8 @@ class Gossip:
         """
         count = self._own_fanout() if wide else eager_fanout(self.tuning.fanout, self.alive_count)
         targets = self._random_members(count)
-        if extra is not None and extra.address is not None and extra not in targets:
+        if (extra is not None and extra.address is not None
+                and all(m.node_id != extra.node_id for m in targets)):
             targets.append(extra)
         for items in _packed(sized, PIGGYBACK_BUDGET):
             for member in targets:
@@ -482,7 +517,7 @@ class Gossip:
         still settling (and the room left): it may not know us yet, and would drop a
         probe it cannot authenticate. Once our table has been quiet a while, every
         member holds our record: the first probe of each pair pays nothing then."""
-        if (member.knows_us or msg_type not in (MsgType.PING, MsgType.PING_REQ)
+        if (member.node_id in self._heard_from or msg_type not in (MsgType.PING, MsgType.PING_REQ)
                 or not self._unsettled()):
             return [], PIGGYBACK_BUDGET
         record = self.table.node(self.node_id)
@@ -531,7 +566,7 @@ class Gossip:
         self.auth.open(member.node_id, data)
         f = Fields(msg.body, _WHAT[msg.type])
         self.auth.accept_seq(member.node_id, f.int("s"))
-        member.knows_us = True
+        self._heard_from.add(member.node_id)
         items = f.list("p", max_len=MAX_ITEMS_PER_DATAGRAM, optional=True)
         if items:
             self._on_items(items, member.node_id if msg.type == MsgType.GOSSIP else None)
@@ -661,34 +696,38 @@ class Gossip:
             bisect.insort(self._ring, origin)
             self._event(MemberJoined(origin, info.name, record.version, wall_ms=self._wall_ms))
         else:
-            was = member.state
-            member.incarnation, member.address, member.name = record.version, address, info.name
-            member.knows_us = False     # a new record may be a restart that lost its table
-            if member.suspicion and record.version > member.suspicion.incarnation:
-                member.suspicion = None
-            if was in (SUSPECT, DEAD) and not info.left:
-                self._set_state(member, ALIVE, MemberAlive)
+            suspicion = member.suspicion
+            if suspicion and record.version > suspicion.incarnation:
+                suspicion = None
+            member = self.members[origin] = replace(
+                member, incarnation=record.version, address=address, name=info.name,
+                suspicion=suspicion)
+            self._heard_from.discard(origin)    # a new record may be a restart that lost its table
+            if member.state in (SUSPECT, DEAD) and not info.left:
+                member = self._set_state(member, ALIVE, MemberAlive, suspicion)
             elif not info.left:
                 self._event(MemberUpdated(origin, info.name, record.version, info.tags,
                                           wall_ms=self._wall_ms))
         if info.left and member.state != LEFT:
-            member.suspicion = None
-            self._set_state(member, LEFT, MemberLeft)
+            self._set_state(member, LEFT, MemberLeft, None)
 
     def _suspected(self) -> list[Member]:
         """Members that may hold a suspicion (some ended since: check `member.suspicion`)."""
         return [m for m in map(self.members.get, self._suspects) if m is not None]
 
-    def _set_state(self, member: Member, state: str, event: type[MemberEvent]) -> None:
+    def _set_state(self, member: Member, state: str, event: type[MemberEvent],
+                   suspicion: Suspicion | None) -> Member:
+        """Replace the member with one in `state` (and `suspicion`), and say so."""
         was_live, live = member.state in LIVE_STATES, state in LIVE_STATES
         self._live_members += live - was_live
         if live and not was_live:
             bisect.insort(self._ring, member.node_id)
         elif was_live and not live:
             self._ring.pop(bisect.bisect_left(self._ring, member.node_id))
-        member.state = state
-        member.since = self._now
+        member = self.members[member.node_id] = replace(member, state=state, since=self._now,
+                                                        suspicion=suspicion)
         self._event(event(member.node_id, member.name, member.incarnation, wall_ms=self._wall_ms))
+        return member
 
     def _set_address(self, origin: bytes, old: Address | None, new: Address | None) -> None:
         if old is not None and self._by_address.get(old) == origin:
@@ -698,6 +737,7 @@ class Gossip:
 
     def _forget(self, origin: bytes) -> None:
         member = self.members.pop(origin, None)
+        self._heard_from.discard(origin)
         if member is not None:
             if member.state in LIVE_STATES:
                 self._live_members -= 1
@@ -911,10 +951,11 @@ class Gossip:
             # claimant barely shortens the long timeout a lone accuser waits.
             age_s = min(max(0.0, (self._wall_ms - claim.wall_ms) / 1000), min_s)
             started = self._now - age_s
-            subject.suspicion = Suspicion(claim.incarnation, started, set(), started + max_s, {})
             self._suspects[subject.node_id] = None
-            self._set_state(subject, SUSPECT, MemberSuspected)
+            subject = self._set_state(subject, SUSPECT, MemberSuspected, Suspicion(
+                claim.incarnation, started, set(), started + max_s, {}))
         suspicion = subject.suspicion
+        assert suspicion is not None
         if claim.claimant in suspicion.claimants:
             return False
         suspicion.claimants.add(claim.claimant)
@@ -937,8 +978,7 @@ class Gossip:
 
     def _declare_dead(self, member: Member) -> None:
         suspicion = member.suspicion
-        member.suspicion = None
-        self._set_state(member, DEAD, MemberDied)
+        self._set_state(member, DEAD, MemberDied, None)
         if suspicion is not None and not any(c.kind == CLAIM_DEAD for c in suspicion.claims.values()):
             self._spread_claim(Claim.make(self.key, member.node_id, member.incarnation, CLAIM_DEAD,
                                           self._wall_ms))

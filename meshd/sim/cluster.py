@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import nacl.signing
 
 from meshd.errors import MeshdError
-from meshd.gossip.engine import Address, Gossip
+from meshd.gossip.engine import Address, Gossip, Member
 from meshd.gossip.events import (
     ALIVE,
     DEAD,
@@ -47,7 +47,7 @@ from meshd.identity import (
 from meshd.identity import (
     Cluster as ClusterFile,
 )
-from meshd.records import NodeInfo
+from meshd.records import KIND_NODE, NODE_KEY, NodeInfo
 from meshd.sim.clock import VirtualClock
 from meshd.sim.net import NetModel, Network
 from meshd.table import RecordCache, Table, VersionClock
@@ -178,9 +178,11 @@ class Cluster:
         info = NodeInfo(name=name, cert=cert.signed, gossip=f"{host}:{GOSSIP_PORT}")
         return SimNode(slot, key, public_id(key), info, (host, GOSSIP_PORT))
 
-    def _new_engine(self, node: SimNode) -> Gossip:
-        table = Table(Trust(self.cluster_file, cert_cache=self._certs), cache=self._records)
-        return Gossip(key=node.key, table=table, info=node.info,
+    def _new_table(self) -> Table:
+        return Table(Trust(self.cluster_file, cert_cache=self._certs), cache=self._records)
+
+    def _new_engine(self, node: SimNode, table: Table | None = None) -> Gossip:
+        return Gossip(key=node.key, table=table or self._new_table(), info=node.info,
                       clock=VersionClock(node.clock_last), tuning=self.tuning,
                       rng=random.Random(self._rng.getrandbits(64)), address_of=self._address_of)
 
@@ -244,6 +246,28 @@ class Cluster:
             raise ConvergenceTimeout(f"seed {self.seed}: {len(self.nodes)} nodes did not "
                                      f"converge within {timeout_s} s")
         return at
+
+    def start_formed(self) -> None:
+        """Start every node as a member of a cluster formed already: where `form` ends,
+        without the join storm. Each node publishes its record into one table, each
+        engine starts on a fork of it, and all share one member view; forks and engines
+        copy what they change. A join storm builds N tables and N views of N members
+        each, record by record, and at N = 10,000 those do not fit in RAM.
+        """
+        if any(node.up for node in self.nodes):
+            raise ValueError("start_formed starts a cluster from nothing; nodes are running")
+        wall_ms = self.wall_ms()
+        formed = self._new_table()
+        members: dict[bytes, Member] = {}
+        for node in self.nodes:
+            formed.publish(node.key, KIND_NODE, NODE_KEY, node.info, wall_ms, wall_ms)
+            members[node.node_id] = Member(node.node_id, node.info.name, wall_ms, node.address,
+                                           since=self.clock.now)
+        for node in self.nodes:
+            node.engine = self._new_engine(node, formed.fork())
+            node.timer_at = math.inf
+            node.engine.start_formed(members, self.clock.now, wall_ms)
+            self._after(node)
 
     def crash(self, slot: int) -> None:
         """Stop a node dead: no leave, its timers stop and packets to it vanish."""

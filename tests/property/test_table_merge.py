@@ -189,3 +189,22 @@ def test_sync_from_a_lossy_subset_converges(a: list[Spec], rng: random.Random) -
     partial = delivered([s for s in a if rng.random() < 0.5], rng)
     partial.merge([r.to_wire() for r in full.delta_since(partial.digest())], WALL_MS)
     assert same(partial, full)
+
+
+@SETTINGS
+@given(spec_sets, spec_sets, spec_sets)
+def test_a_fork_and_its_parent_each_end_as_if_built_alone(base: list[Spec], a: list[Spec],
+                                                          b: list[Spec]) -> None:
+    """Copy-on-write: a fork shares its parent's origin entries, so each side's merges and
+    drops must copy before they change one, and leave the other side as it was."""
+    parent = state(base)
+    child = parent.fork()
+    assert same(child, parent) and child.digest() == parent.digest()
+    for table, more in ((parent, a), (child, b)):
+        table.merge([record(s) for s in more], WALL_MS)
+        table.merge([record(s) for s in more], WALL_MS)
+    assert same(parent, state(closed(base) + a))
+    assert same(child, state(closed(base) + b))
+    child.drop_origin(MEMBERS[0].id, WALL_MS)
+    assert same(parent, state(closed(base) + a))
+    assert child.of_origin(MEMBERS[0].id) == []

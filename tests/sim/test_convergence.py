@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.sim.cluster import Cluster
+from meshd.errors import UsageError
+from meshd.gossip.events import ALIVE, DEAD
+from meshd.sim.cluster import Cluster, Traffic
 from meshd.sim.net import NetModel
 
 STORM_N = 200
@@ -34,6 +36,47 @@ def test_join_storm_of_200_converges_within_two_periods() -> None:
     print(f"seed {seed}: {STORM_N} joined at once, converged after {cluster.periods(at):.1f} periods")
     assert cluster.periods(at) <= STORM_BOUND_PERIODS, f"seed {seed}: {at:.1f} s"
     assert all(len(node.engine.members) == STORM_N - 1 for node in cluster.live() if node.engine)
+
+
+def test_a_cluster_started_formed_runs_like_one_that_joined() -> None:
+    """`start_formed` (how sim_scale reaches N = 10,000) starts where a join storm ends:
+    converged at once, the same idle traffic per node, an update reaching everyone, and
+    no engine changing the member views and table entries they all share."""
+    n, idle_s = 60, 60.0
+    joined, formed = Cluster(n, 4), Cluster(n, 4)
+    joined.form()
+    formed.start_formed()
+    assert formed.converged()
+    first = formed.nodes[0].engine
+    assert first is not None
+    shared = dict(first.members)
+    rates = []
+    for cluster in (joined, formed):
+        cluster.run_until(cluster.drained, timeout_s=60.0)
+        cluster.run_for(cluster.tuning.push_pull_interval_s)
+        before = sum(cluster.sent(), Traffic())
+        cluster.run_for(idle_s)
+        rates.append((sum(cluster.sent(), Traffic()) - before).rate(idle_s * n))
+    (join_msgs, join_bytes), (formed_msgs, formed_bytes) = rates
+    assert formed_msgs == pytest.approx(join_msgs, rel=0.02)
+    assert formed_bytes == pytest.approx(join_bytes, rel=0.05)
+    version = formed.set_tags(7, {"changed": "yes"})
+    formed.crash(9)
+    formed.run_for(15.0)
+    subject = formed.nodes[7].node_id
+    views = [node.engine.members[subject] for node in formed.live()
+             if node.engine is not None and node.slot != 7]
+    assert len(views) == n - 2 and all(m.incarnation == version for m in views)
+    assert formed.all_see(9, DEAD)
+    assert formed.false_deaths == 0 and formed.false_suspicions == 0
+    assert all(m.state == ALIVE and m.incarnation < version for m in shared.values())
+
+
+def test_start_formed_refuses_a_table_without_our_record() -> None:
+    cluster = Cluster(3, 1)
+    engine = cluster._new_engine(cluster.nodes[0])
+    with pytest.raises(UsageError, match="our current node record"):
+        engine.start_formed({}, cluster.now, cluster.wall_ms())
 
 
 @pytest.mark.parametrize("seed", [2, 3])

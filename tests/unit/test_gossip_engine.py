@@ -351,13 +351,13 @@ def test_a_probe_introduces_us_to_a_member_that_never_answered() -> None:
     answer = known.datagrams_to_send()
     assert _types(answer) == [MsgType.ACK]
     stranger.receive_datagram(answer[0][0], router.address(0), router.now, router.wall_ms)
-    assert stranger.members[known.node_id].knows_us
+    assert stranger.knows_us(known.node_id)
     again = _sealed_ping(router, 1, 0)
     assert len(again) < len(data) - 300            # it answered: no introduction any more
     known.set_tags({"restarted": "maybe"}, router.now, router.wall_ms)
     for update, _ in known.datagrams_to_send():
         stranger.receive_datagram(update, router.address(0), router.now, router.wall_ms)
-    assert not stranger.members[known.node_id].knows_us   # its new record: introduce us again
+    assert not stranger.knows_us(known.node_id)   # its new record: introduce us again
 
 
 def test_once_its_table_settled_a_node_probes_without_an_introduction() -> None:
@@ -366,7 +366,7 @@ def test_once_its_table_settled_a_node_probes_without_an_introduction() -> None:
     member = stranger.members[known.node_id]
     assert stranger._introduction(member, MsgType.PING)[0]
     stranger._tick(stranger._now + quiet_s, router.wall_ms + int(quiet_s * 1000))
-    assert not member.knows_us
+    assert not stranger.knows_us(known.node_id)
     assert stranger._introduction(member, MsgType.PING)[0] == []
 
 
@@ -614,7 +614,7 @@ def test_with_dead_members_every_live_member_still_has_one_prober_a_round() -> N
     live = [e for e in router.engines if e.node_id not in dead]
     for engine in live:
         for node_id in dead:
-            engine._set_state(engine.members[node_id], DEAD, MemberDied)
+            engine._set_state(engine.members[node_id], DEAD, MemberDied, None)
     for round_no in range(20):
         targets = []
         for e in live:
