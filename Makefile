@@ -47,7 +47,7 @@ bench: deps
 	$(call apt_install,$(BENCH_APT_PACKAGES))
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/crypto_wire.py --out bench/RESULTS.md
-	$(PY) bench/sim_scale.py --out bench/RESULTS.md
+	$(PY) bench/sim_scale.py --n 100,1000,10000 --out bench/RESULTS.md
 	$(PY) bench/wake_floor.py --out bench/RESULTS.md
 	$(PY) bench/join_floor.py --out bench/RESULTS.md
 	$(PY) bench/vs_peers.py --n 10,25,50,100 --reps 2 --out bench/RESULTS.md
