@@ -73,8 +73,11 @@ EAGER_QUEUE_LIMIT = 8
 # After a join, push-pulls at these multiples of the probe interval apart, then the
 # profile's interval: a joiner's first sync (with its seed) brings only who joined before
 # it, and in a join storm the rest would otherwise trickle in by piggyback, ~3 records a
-# datagram. The first also retries a join sync the seed refused (too many at once).
-JOIN_SETTLE_GAPS = (0.25, 0.5, 1.0)
+# datagram. The first also retries a join sync the seed refused (too many at once). It
+# comes soon (0.2 s on lan): a storm's hellos reach the seed within tens of ms, and an
+# early joiner that waited 0.5 s for the rest made a quarter of 25-agent joins take 0.5 s
+# instead of 0.15-0.2 (12 joins each way; no change at N=50 or N=100, which are CPU-bound).
+JOIN_SETTLE_GAPS = (0.1, 0.5, 1.0)
 # A timer handled this late counts against our own health, like a missed nack (Lifeguard).
 LATE_TIMER_S = 0.1
 # Every node probes at the start of each wall-clock round, within this fraction of the
@@ -214,20 +217,23 @@ class Gossip:
 
     def start_formed(self, members: Mapping[bytes, Member], now: float, wall_ms: int) -> None:
         """Start as a member of a cluster that formed already: the table holds our current
-        node record and every member's, and `members` is the view of them (ours may be
-        among them; every engine may be given the same one). Nothing is published and
-        nobody is greeted: this is where `start` and `join` end once a join storm is
-        over, which is how the simulator starts clusters too large to form one by one.
+        node record and every member's, and `members` is the view of them, all alive
+        (ours may be among them; every engine may be given the same one). Nothing is
+        published and nobody is greeted: this is where `start` and `join` end once a join
+        storm is over, which is how the simulator starts clusters too large to form one
+        by one.
         """
         own = self.table.node(self.node_id)
         if own is None or own.info != self.info:
             raise UsageError("start_formed: the table must hold our current node record")
+        self.members = {node_id: m for node_id, m in members.items() if node_id != self.node_id}
+        if any(m.state != ALIVE or m.suspicion is not None for m in self.members.values()):
+            self.members = {}
+            raise UsageError("start_formed: a formed cluster's members are all alive")
         self.clock.last = max(self.clock.last, own.version)   # as if we had published it
         self._tick(now, wall_ms)
-        self.members = {node_id: m for node_id, m in members.items() if node_id != self.node_id}
-        live = [node_id for node_id, m in self.members.items() if m.state in LIVE_STATES]
-        self._live_members = len(live)
-        self._ring = sorted([self.node_id, *live])
+        self._live_members = len(self.members)
+        self._ring = sorted([self.node_id, *self.members])
         self._by_address = {m.address: node_id for node_id, m in self.members.items()
                             if m.address is not None}
         self._joined = True

@@ -6,6 +6,7 @@ so they read the same whatever the profile's interval.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshd.errors import UsageError
-from meshd.gossip.events import ALIVE, DEAD
+from meshd.gossip.events import ALIVE, DEAD, SUSPECT
 from meshd.sim.cluster import Cluster, Traffic
 from meshd.sim.net import NetModel
 
@@ -72,11 +73,20 @@ def test_a_cluster_started_formed_runs_like_one_that_joined() -> None:
     assert all(m.state == ALIVE and m.incarnation < version for m in shared.values())
 
 
-def test_start_formed_refuses_a_table_without_our_record() -> None:
+def test_start_formed_refuses_a_table_without_our_record_or_a_member_not_alive() -> None:
     cluster = Cluster(3, 1)
     engine = cluster._new_engine(cluster.nodes[0])
     with pytest.raises(UsageError, match="our current node record"):
         engine.start_formed({}, cluster.now, cluster.wall_ms())
+    cluster.start_formed()
+    first = cluster.nodes[0].engine
+    assert first is not None
+    view = dict(first.members)
+    suspect = next(iter(view))
+    view[suspect] = dataclasses.replace(view[suspect], state=SUSPECT)
+    again = cluster._new_engine(cluster.nodes[0], first.table.fork())
+    with pytest.raises(UsageError, match="all alive"):
+        again.start_formed(view, cluster.now, cluster.wall_ms())
 
 
 @pytest.mark.parametrize("seed", [2, 3])

@@ -676,7 +676,7 @@ def test_a_joiner_syncs_again_soon_after_its_join_sync_first_with_its_seed() -> 
     joiner.join([router.address(0)], router.now, router.wall_ms)
     router.flush()
     start = router.now
-    step = 1 / 64                            # exact in binary: a deadline is hit, not passed
+    step = 1 / 64                            # a deadline is handled at most one step late
     times, peers = [], []
     for _ in range(int(2 * PERIOD / step)):
         router.now += step
@@ -685,7 +685,8 @@ def test_a_joiner_syncs_again_soon_after_its_join_sync_first_with_its_seed() -> 
         for peer, _ in joiner.syncs_to_start():
             times.append(router.now - start)
             peers.append(peer)
-    assert times == list(itertools.accumulate(gap * PERIOD for gap in JOIN_SETTLE_GAPS))
+    expected = list(itertools.accumulate(gap * PERIOD for gap in JOIN_SETTLE_GAPS))
+    assert times == pytest.approx(expected, abs=step)
     assert peers[0] == seed.node_id          # in a join storm the seed heard every hello
 
 
