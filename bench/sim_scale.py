@@ -7,11 +7,12 @@ starting (`--start`):
 - `join`: all nodes join through node 0 at once; the bench waits until every
   table agrees and every piggyback queue has drained.
 - `formed`: every node starts as a member of the cluster formed already
-  (`Cluster.start_formed`: one converged table, forked per node), then runs one
-  push-pull interval. It needs ~130-160 B per node pair against ~470 for a join
-  storm's N tables built record by record, which is what lets N = 10,000 run.
-Then traffic is measured over an idle window, one node changes its tags, and the
-bench records when each other node saw the new record. Each run is a child
+  (`Cluster.start_formed`: one converged table, forked per node). It needs
+  ~130-160 B per node pair against ~470 for a join storm's N tables built
+  record by record, which is what lets N = 10,000 run.
+Then, after one push-pull interval, traffic is measured over an idle window, one
+node changes its tags, and the bench records when each other node saw the new
+record. Each run is a child
 process of its own, so its peak RSS is its own. A second table sets this beside
 the model Serf publishes. Progress goes to stderr; `--out FILE` also appends the
 tables.
@@ -220,8 +221,8 @@ def render(sizes: tuple[int, ...], results: dict[tuple[int, str], Result],
         (f"p = protocol periods (probe intervals). Idle: a {idle_s:g} s window, datagrams plus "
          "push-pull stream frames, sent per node, from one push-pull interval after every "
          "piggyback queue emptied (join) or after the start (formed: every node started with "
-         "the converged table and member view). Update: one node's tags change, until every other node "
-         "emits `MemberUpdated`; meshd pushes a new record on at once (one-way latency 0.5 ms "
+         "the converged table and member view). Update: one node's tags change, until every "
+         "other node emits `MemberUpdated`; meshd pushes a new record on at once (one-way latency 0.5 ms "
          "+ Exp(0.5 ms) here), so it spreads at network speed, not per gossip round."),
         "",
         ("| N | Serf model 99.9% | Serf model 99.99% (plot end) | meshd 99.9% | meshd 100% | "
@@ -259,7 +260,8 @@ def affordable(n: int, start: str) -> str | None:
         return None
     if need <= 0.9 * avail:
         return None
-    return (f"skipped: needs about {need / 2**30:.0f} GiB ({BYTES_PER_PAIR[start]:,} B per node pair), "
+    return (f"skipped: needs about {need / 2**30:.0f} GiB "
+            f"({BYTES_PER_PAIR[start]:,} B per node pair), "
             f"{avail / 2**30:.0f} GiB available")
 
 

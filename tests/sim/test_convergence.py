@@ -41,8 +41,9 @@ def test_join_storm_of_200_converges_within_two_periods() -> None:
 
 def test_a_cluster_started_formed_runs_like_one_that_joined() -> None:
     """`start_formed` (how sim_scale reaches N = 10,000) starts where a join storm ends:
-    converged at once, the same idle traffic per node, an update reaching everyone, and
-    no engine changing the member views and table entries they all share."""
+    converged at once, the same idle traffic per node, an update and a crash reaching
+    everyone, and no engine changing the member view they all share (the tables' sharing
+    has a property test of its own)."""
     n, idle_s = 60, 60.0
     joined, formed = Cluster(n, 4), Cluster(n, 4)
     joined.form()
