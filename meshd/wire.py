@@ -95,10 +95,18 @@ _LIMITS = dict(
 
 
 def unpack(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Any:
-    """Decode untrusted bytes (exactly one value) within the limits, or raise a `WireError`."""
-    obj, used = unpack_prefix(data, max_bytes)
-    if used != len(data):
-        raise WireError(f"{len(data) - used} trailing bytes after the message")
+    """Decode untrusted bytes (exactly one value) within the limits, or raise a `WireError`.
+
+    `unpackb` needs no `Unpacker` object: a third of the cost of a record's payload.
+    """
+    _check_input(data, max_bytes)
+    try:
+        obj = msgpack.unpackb(data, **_LIMITS)
+    except msgpack.ExtraData as exc:
+        raise WireError(f"{len(exc.extra)} trailing bytes after the message") from None
+    except Exception as exc:
+        raise _decode_error(exc) from None
+    _check_shape(obj, MAX_DEPTH)
     return obj
 
 
@@ -107,25 +115,34 @@ def unpack_prefix(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> tuple[Any
 
     Datagrams may carry a trailer (a MAC) after the envelope; this finds where it starts.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
-        raise TooLargeError(f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+    _check_input(data, max_bytes)
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_LIMITS)
     try:
         unpacker.feed(data)
         obj = unpacker.unpack()
     except msgpack.OutOfData:
         raise WireError("truncated msgpack") from None
-    except ValueError as exc:
-        # msgpack reports exceeded limits as ValueError with "exceeds" in the text.
-        if "exceeds" in str(exc):
-            raise TooLargeError(f"msgpack limit: {exc}") from None
-        raise WireError(f"malformed msgpack: {exc}") from None
-    except Exception as exc:  # msgpack raises a zoo of types on hostile input
-        raise WireError(f"malformed msgpack: {type(exc).__name__}") from None
+    except Exception as exc:
+        raise _decode_error(exc) from None
     _check_shape(obj, MAX_DEPTH)
     return obj, unpacker.tell()
+
+
+def _check_input(data: bytes, max_bytes: int) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise TooLargeError(f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+
+
+def _decode_error(exc: Exception) -> WireError:
+    """What msgpack raised, as ours: it reports exceeded limits as a ValueError with
+    "exceeds" in the text, and a zoo of types on hostile input."""
+    if isinstance(exc, ValueError) and "exceeds" in str(exc):
+        return TooLargeError(f"msgpack limit: {exc}")
+    if isinstance(exc, ValueError):
+        return WireError(f"malformed msgpack: {exc}")
+    return WireError(f"malformed msgpack: {type(exc).__name__}")
 
 
 def _check_shape(obj: Any, depth: int) -> None:
