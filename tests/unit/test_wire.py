@@ -120,6 +120,11 @@ def test_malformed_bytes_are_wire_errors(data: bytes) -> None:
         wire.unpack(data)
 
 
+def test_unpack_counts_trailing_bytes() -> None:
+    with pytest.raises(WireError, match="3 trailing bytes"):
+        wire.unpack(wire.pack([1, "a"]) + b"xyz")
+
+
 def test_unpack_refuses_non_bytes() -> None:
     with pytest.raises(WireError):
         wire.unpack("text")  # type: ignore[arg-type]
