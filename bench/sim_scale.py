@@ -12,10 +12,9 @@ starting (`--start`):
   record by record, which is what lets N = 10,000 run.
 Then, after one push-pull interval, traffic is measured over an idle window, one
 node changes its tags, and the bench records when each other node saw the new
-record. Each run is a child
-process of its own, so its peak RSS is its own. A second table sets this beside
-the model Serf publishes. Progress goes to stderr; `--out FILE` also appends the
-tables.
+record. Each run is a child process of its own, so its peak RSS is its own. A
+second table sets this beside the model Serf publishes. Progress goes to stderr;
+`--out FILE` also appends the tables.
 
     .venv/bin/python bench/sim_scale.py --n 100,1000
     .venv/bin/python bench/sim_scale.py --n 10000 --start formed --out bench/RESULTS.md
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=_sizes, default=(100, 1000),
                         help="cluster sizes, comma separated (default 100,1000; 10000 takes "
-                             "8 minutes and 13 GB started formed)")
+                             "8-13 minutes and 13 GB started formed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--idle-s", type=float, default=120.0, help="idle window (default 120 s)")
     parser.add_argument("--start", choices=(JOIN, FORMED, "both"), default="both",

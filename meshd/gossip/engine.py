@@ -226,10 +226,10 @@ class Gossip:
         own = self.table.node(self.node_id)
         if own is None or own.info != self.info:
             raise UsageError("start_formed: the table must hold our current node record")
-        self.members = {node_id: m for node_id, m in members.items() if node_id != self.node_id}
-        if any(m.state != ALIVE or m.suspicion is not None for m in self.members.values()):
-            self.members = {}
+        others = {node_id: m for node_id, m in members.items() if node_id != self.node_id}
+        if any(m.state != ALIVE or m.suspicion is not None for m in others.values()):
             raise UsageError("start_formed: a formed cluster's members are all alive")
+        self.members = others
         self.clock.last = max(self.clock.last, own.version)   # as if we had published it
         self._tick(now, wall_ms)
         self._live_members = len(self.members)
